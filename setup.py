@@ -22,6 +22,7 @@ setup(
         "click>=8.2",
         "onnxruntime>=1.17",
         "cryptography>=41",  # Ed25519 verification of signed model bundles
+        "onnx>=1.15",  # graph checks on load, and writing new softmax heads on the device (edge/head.py)
     ],
     extras_require={
         # torch first: 2.13.0 satisfies this range, so a machine that has it installs no CUDA wheels.
