@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from calibration.dataset import file_sha256 as sha256_file
@@ -87,6 +87,24 @@ class Bundle:
     def head_path(self) -> Path:
         return self.path / self.manifest["files"]["head"]["path"]
 
+    @property
+    def parts(self) -> list[str]:
+        """Every file part the manifest lists (``backbone``, ``head`` and any extra ones, e.g. ``support``)."""
+        return list(self.manifest["files"])
+
+    def part_path(self, part: str) -> Path:
+        """Path of a listed file part (its sha256 was verified on load).
+
+        Raises
+        ------
+        BundleError
+            The bundle has no such part.
+        """
+        files = self.manifest["files"]
+        if part not in files:
+            raise BundleError(f"{self.path / MANIFEST}: the bundle has no {part!r} file (it has {sorted(files)})")
+        return self.path / files[part]["path"]
+
 
 def model_id_for(backbone_sha: str, head_sha: str, classes: list[str], spec: dict[str, Any], arch: str) -> str:
     """Content-derived id: the same weights, classes and preprocessing give the same id."""
@@ -108,6 +126,8 @@ def write_bundle(
     training: dict[str, Any],
     temperature: float = 1.0,
     parent: dict[str, Any] | None = None,
+    extra_files: dict[str, tuple[str, bytes]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Bundle:
     """Write a bundle atomically (to a temporary sibling, then rename) and verify it.
 
@@ -129,6 +149,11 @@ def write_bundle(
         Softmax temperature (1.0 until calibrated).
     parent : dict, optional
         For a head swap: the parent bundle's id and the classes added.
+    extra_files : dict, optional
+        More file parts, ``{part: (file name, bytes)}`` (e.g. ``{"support": ("support.npz", ...)}``):
+        listed under ``files`` with their sha256 and verified on load like the graphs.
+    extra : dict, optional
+        More top-level manifest fields (must not clash with the standard ones).
     """
     out = Path(out_dir)
     if len(set(classes)) != len(classes) or not classes:
@@ -154,11 +179,25 @@ def write_bundle(
         "training": training,
         "parent": parent,
     }
+    extra_files = dict(extra_files or {})
+    taken = {BACKBONE, HEAD, MANIFEST}
+    for part, (name, data) in extra_files.items():
+        # one plain file name per part, inside the bundle, never one of the standard files
+        if part in manifest["files"] or name in taken or len(PurePosixPath(name).parts) != 1 or name in (".", ".."):
+            raise BundleError(f"{out}: bad extra file part {part!r} -> {name!r}")
+        taken.add(name)
+        manifest["files"][part] = {"path": name, "sha256": hashlib.sha256(data).hexdigest()}
+    for key, value in (extra or {}).items():
+        if key in manifest:
+            raise BundleError(f"{out}: extra manifest field {key!r} clashes with a standard one")
+        manifest[key] = value
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / BACKBONE).write_bytes(backbone_onnx)
         (tmp / HEAD).write_bytes(head_onnx)
+        for name, data in extra_files.values():
+            (tmp / name).write_bytes(data)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         load_bundle(tmp)  # refuse to publish something we could not load back
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; an installed model must be readable by the daemon's user
@@ -251,9 +290,14 @@ def load_bundle(path: str | Path | None = None, providers: list[str] | None = No
     feat = manifest["feature_size"]
     _require(isinstance(feat, int) and feat > 0, mpath, f"bad feature_size {feat!r}")
     files = manifest["files"]
-    for part in ("backbone", "head"):
-        _require(isinstance(files, dict) and part in files and {"path", "sha256"} <= set(files[part]), mpath,
+    _require(isinstance(files, dict) and {"backbone", "head"} <= set(files), mpath,
+             "'files' must list at least 'backbone' and 'head'")
+    for part in files:
+        _require(isinstance(files[part], dict) and {"path", "sha256"} <= set(files[part]), mpath,
                  f"files.{part} needs 'path' and 'sha256'")
+        rel = PurePosixPath(str(files[part]["path"]))
+        _require(not rel.is_absolute() and ".." not in rel.parts and str(rel).strip() != "", mpath,
+                 f"files.{part}.path {files[part]['path']!r} must stay inside the bundle")
         fpath = root / files[part]["path"]
         _require(fpath.is_file(), fpath, f"{part} file is missing")
         actual = sha256_file(fpath)

@@ -341,7 +341,7 @@ class Registry:
     @staticmethod
     def _bundle_files(bundle: Bundle) -> list[str]:
         names = [MANIFEST]
-        for part in ("backbone", "head"):
+        for part in bundle.manifest["files"]:  # backbone, head and any extra part (e.g. a head's support set)
             rel = bundle.manifest["files"][part]["path"]
             pure = PurePosixPath(rel)
             if pure.is_absolute() or ".." in pure.parts or not str(rel).strip():

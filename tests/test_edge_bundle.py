@@ -111,3 +111,35 @@ def test_shipped_default_model_loads_and_classifies_synthetic(rng: np.random.Gen
         pred = clf.classify(x)[0]
         assert pred.label in b.classes
         assert np.isclose(sum(clf.predict_proba(x)[0]), 1.0, atol=1e-5)
+
+
+def test_extra_file_parts_are_hashed_verified_and_installed(tmp_path):
+    """A bundle may carry more files (a head's support set); each is hashed in the manifest and checked."""
+    import json as _json
+
+    from edge.bundle import load_bundle as _load, write_bundle as _write
+    from edge.registry import Registry
+
+    src = _load()
+    kw = dict(backbone_onnx=src.backbone_path.read_bytes(), head_onnx=src.head_path.read_bytes(),
+              classes=src.classes, preprocessing=src.manifest["preprocessing"], feature_size=src.feature_size,
+              architecture=src.manifest["architecture"], training={})
+    b = _write(tmp_path / "b", **kw, extra_files={"support": ("support.npz", b"abc")}, extra={"head": {"kind": "x"}})
+    assert b.parts == ["backbone", "head", "support"] and b.part_path("support").read_bytes() == b"abc"
+    assert b.manifest["head"] == {"kind": "x"}
+    reg = Registry(tmp_path / "state")
+    res = reg.install(b.path, allow_unsigned=True)
+    assert (reg.models_dir / res.entry.name / "support.npz").read_bytes() == b"abc"
+    (b.path / "support.npz").write_bytes(b"abd")  # one byte changed
+    with pytest.raises(BundleError, match="support.npz.*sha256 mismatch"):
+        _load(b.path)
+    m = _json.loads((b.path / "manifest.json").read_text())
+    m["files"]["support"]["path"] = "../escape.npz"
+    (b.path / "manifest.json").write_text(_json.dumps(m))
+    with pytest.raises(BundleError, match="must stay inside the bundle"):
+        _load(b.path)
+    for bad in ({"support": ("head.onnx", b"")}, {"support": ("a/b.npz", b"")}, {"backbone": ("x.npz", b"")}):
+        with pytest.raises(BundleError, match="bad extra file part"):
+            _write(tmp_path / "c", **kw, extra_files=bad)
+    with pytest.raises(BundleError, match="clashes"):
+        _write(tmp_path / "c", **kw, extra={"classes": []})
