@@ -106,9 +106,10 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
               help="Augmentation option, repeatable: a probability or size (p_spikes=0.3, max_shift=10) or a "
                    "range lo,hi (spike_height=0.1,1); names and ranges in docs/augmentation.md.")
 @click.option("--shift-tolerance", type=click.FloatRange(0.0, MAX_TOLERANCE), default=None, metavar="CM",
-              help="Expected Raman-shift drift of the instrument (cm⁻¹, e.g. 5, 15, 30): chooses -m, -n and the "
-                   "shift augmentation (explicit -m/-n/--aug max_shift,p_shift win) and records it in the "
-                   "manifest. Rule and evidence: docs/augmentation.md.")
+              help="Expected Raman-shift drift of the instrument (cm⁻¹, e.g. 5, 15, 30): chooses -m, -n, the "
+                   "shift augmentation and a longer schedule (explicit -m/-n/--patience/--epochs/--aug "
+                   "max_shift,p_shift win) and records it in the manifest. Rule and evidence: "
+                   "docs/augmentation.md.")
 @click.option("--calibrate/--no-calibrate", default=_D.calibrate, show_default=True,
               help="Fit a softmax temperature on the validation split (ECE before/after in the manifest).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=_D.seed, show_default=True)
@@ -158,7 +159,8 @@ def _config(options: dict[str, Any]) -> TrainConfig:
     config = TrainConfig(**kw, augment_config=aug)
     if options.get("shift_tolerance") is not None:
         ctx = click.get_current_context()
-        keep = {k for k in ("pool", "n_pool") if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        keep = {k for k in ("pool", "n_pool", "patience", "epochs")
+                if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         keep |= {k for k in ("max_shift", "p_shift") if any(i.split("=")[0].strip() == k for i in options["aug"])}
         config = apply_shift_tolerance(config, options["shift_tolerance"], keep=keep)
     return config.check()

@@ -1,0 +1,165 @@
+"""Shift tolerance: the rule (as documented), shift evaluation, and the manifest record."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from calibration.errors import ConfigError
+from trainer.config import TrainConfig
+from trainer.models import pooled_lengths
+from trainer.synthetic import lorentzian, write_synthetic_npz
+from trainer.tolerance import (EVAL_SHIFTS, MAX_TOLERANCE, apply_shift_tolerance, shift_accuracy,
+                               shift_spectra, tolerance_settings)
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "augmentation.md"
+
+
+def documented_rule() -> dict[float, tuple[int, int, float, float, int, int]]:
+    """Rows ``| 5 | 3 | 3 | ±6 | 0.8 | 40 | 300 |`` of the table under "### The rule" in docs/augmentation.md."""
+    text = DOC.read_text(encoding="utf-8")
+    section = text.split("### The rule", 1)[1].split("\n#", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        m = re.match(r"\|\s*([\d.]+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*±\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|"
+                     r"\s*(\d+)\s*\|\s*(\d+)\s*\|", line)
+        if m:
+            rows[float(m[1])] = (int(m[2]), int(m[3]), float(m[4]), float(m[5]), int(m[6]), int(m[7]))
+    return rows
+
+
+def test_rule_matches_the_documentation():
+    rows = documented_rule()
+    assert {5.0, 15.0, 30.0} <= set(rows)
+    for cm, row in rows.items():
+        s = tolerance_settings(cm)
+        assert (s.pool, s.n_pool, s.max_shift, s.p_shift, s.patience, s.epochs) == row, cm
+
+
+@pytest.mark.parametrize("cm", [0, 1, 5, 10, 15, 20, 30, MAX_TOLERANCE / 3, MAX_TOLERANCE])
+def test_rule_covers_the_drift_and_builds(cm):
+    s = tolerance_settings(cm)
+    assert s.tolerance == cm
+    assert s.max_shift >= cm and 0 < s.p_shift <= 1  # training sees shifts as large as the drift
+    assert pooled_lengths(1392, s.pool, s.n_pool)[-1] >= 1
+    TrainConfig(pool=s.pool, n_pool=s.n_pool, shift_tolerance=cm).check()
+
+
+def test_rule_is_monotone():
+    grid = np.linspace(0, MAX_TOLERANCE, 61)
+    for key in ("max_shift", "patience", "epochs"):
+        values = [getattr(tolerance_settings(c), key) for c in grid]
+        assert all(b >= a for a, b in zip(values, values[1:])), key
+
+
+@pytest.mark.parametrize("cm", [-1, MAX_TOLERANCE + 1, float("nan"), float("inf")])
+def test_rule_refuses(cm):
+    with pytest.raises(ConfigError):
+        tolerance_settings(cm)
+
+
+def test_apply_keeps_explicit_options():
+    s = tolerance_settings(30)
+    base = TrainConfig(pool=5, n_pool=2)
+    c = apply_shift_tolerance(base, 30)
+    assert (c.pool, c.n_pool, c.shift_tolerance) == (s.pool, s.n_pool, 30)
+    assert (c.augment_config.max_shift, c.augment_config.p_shift) == (s.max_shift, s.p_shift)
+    assert (c.patience, c.epochs) == (s.patience, s.epochs)
+    assert c.augment_config.scale == base.augment_config.scale  # other effects untouched
+    k = apply_shift_tolerance(base, 30, keep={"pool", "max_shift", "epochs"})
+    assert k.pool == 5 and k.n_pool == s.n_pool and k.epochs == base.epochs and k.patience == s.patience
+    assert k.augment_config.max_shift == base.augment_config.max_shift and k.augment_config.p_shift == s.p_shift
+    with pytest.raises(ValueError):
+        apply_shift_tolerance(base, 30, keep={"dense"})
+
+
+def test_apply_to_another_arch_sets_only_the_shifts():
+    c = apply_shift_tolerance(TrainConfig(arch="compact"), 30).check()
+    s = tolerance_settings(30)
+    assert (c.pool, c.n_pool) == (TrainConfig().pool, TrainConfig().n_pool)
+    assert c.augment_config.max_shift == s.max_shift and c.shift_tolerance == 30 and c.epochs == s.epochs
+
+
+@pytest.mark.parametrize("shift", EVAL_SHIFTS)
+def test_shift_moves_a_band_by_exactly_the_shift(shift):
+    axis = np.arange(200.0, 1592.0)
+    y = lorentzian(axis, 700.0, 9.0) + 0.5 * lorentzian(axis, 1100.0, 14.0) + np.linspace(0.2, 0.4, axis.size)
+    out = shift_spectra(y[None, :], axis, shift)[0]
+    assert axis[np.argmax(out)] == 700.0 + shift
+    # Both bands moved together (a shift, not a stretch).
+    window = slice(850, 950)  # 1050-1150 cm⁻¹
+    second = axis[window][np.argmax(out[window])]
+    assert second == pytest.approx(1100.0 + shift, abs=1)
+    # The vacated end holds the spectrum's edge value: no zeros, no wrap-around.
+    if shift > 0:
+        assert np.allclose(out[:int(shift)], y[0])
+    elif shift < 0:
+        assert np.allclose(out[int(shift):], y[-1])
+    else:
+        assert np.allclose(out, y)
+
+
+def test_shift_accuracy_reports_every_shift():
+    axis = np.arange(200.0, 1592.0)
+    centres = np.array([400.0, 800.0, 1200.0])
+    spectra = np.stack([lorentzian(axis, c, 10.0) for c in centres])
+    labels = np.arange(3)
+
+    def nearest_centre(raw):  # a classifier that tolerates ±100 cm⁻¹
+        peak = axis[np.argmax(raw, axis=1)]
+        return -np.abs(peak[:, None] - centres[None, :])
+
+    res = shift_accuracy(nearest_centre, spectra, axis, labels)
+    assert set(res) == {"-30", "-15", "+0", "+15", "+30"}
+    assert all(r["top1"] == 1.0 and r["top3"] == 1.0 for r in res.values())
+
+    def exact_only(raw):  # one that tolerates nothing
+        peak = axis[np.argmax(raw, axis=1)]
+        return (np.abs(peak[:, None] - centres[None, :]) < 0.5).astype(float)
+
+    res = shift_accuracy(exact_only, spectra, axis, labels, shifts=(0, 15))
+    assert res["+0"]["top1"] == 1.0 and res["+15"]["top1"] < 1.0
+
+
+def test_manifest_records_the_tolerance(tmp_path):
+    """``raman-edge train --shift-tolerance 15`` (1 epoch, tiny data): the rule's m, n and shifts in the bundle."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from edge.bundle import load_bundle
+    from trainer.cli import train
+
+    npz = write_synthetic_npz(tmp_path / "s.npz", n_classes=3, per_class=4, seed=1)
+    out = tmp_path / "b"
+    r = CliRunner().invoke(train, ["--data", str(npz), "--out", str(out), "--shift-tolerance", "15",
+                                   "--epochs", "1", "--dense", "4", "--batch-size", "8", "--threads", "1",
+                                   "--no-calibrate", "--quiet"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    m = load_bundle(out).manifest
+    s = tolerance_settings(15)
+    config = m["training"]["config"]
+    assert config["shift_tolerance"] == 15
+    assert (config["pool"], config["n_pool"]) == (s.pool, s.n_pool)
+    assert (m["architecture"]["params"]["pool"], m["architecture"]["params"]["n_pool"]) == (s.pool, s.n_pool)
+    assert config["augment_config"]["max_shift"] == s.max_shift
+    assert config["augment_config"]["p_shift"] == s.p_shift
+    assert m["training"]["options"]["shift_tolerance"] == 15
+    assert config["patience"] == s.patience and config["epochs"] == 1  # the explicit --epochs wins
+
+
+def test_cli_explicit_pool_wins(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from edge.bundle import load_bundle
+    from trainer.cli import train
+
+    npz = write_synthetic_npz(tmp_path / "s.npz", n_classes=2, per_class=4, seed=2)
+    out = tmp_path / "b"
+    r = CliRunner().invoke(train, ["--data", str(npz), "--out", str(out), "--shift-tolerance", "30", "-m", "5",
+                                   "--aug", "max_shift=7", "--epochs", "1", "--dense", "4", "--threads", "1",
+                                   "--no-calibrate", "--quiet"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    config = load_bundle(out).manifest["training"]["config"]
+    s = tolerance_settings(30)
+    assert config["pool"] == 5 and config["n_pool"] == s.n_pool
+    assert config["augment_config"]["max_shift"] == 7 and config["augment_config"]["p_shift"] == s.p_shift
