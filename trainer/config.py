@@ -18,6 +18,125 @@ MAX_N_POOL = LIU_MAX_N_POOL
 LIU_FIELDS = ("pool", "n_pool", "dense", "dropout")
 
 
+#: Semi-supervised methods of ``raman-edge train --semi`` (trainer.semi).
+SEMI_METHODS = ("sgan", "contrastive")
+
+
+@dataclass
+class SemiConfig:
+    """Options of semi-supervised training (``raman-edge train --semi ... --semi-opt NAME=VALUE``).
+
+    See ``docs/semi_supervised.md`` and :mod:`trainer.semi`.  ``TrainConfig.epochs``,
+    ``lr``, ``patience`` and ``batch_size`` drive the SGAN and the fine-tuning phase.
+
+    Attributes
+    ----------
+    latent : int
+        SGAN generator latent size.
+    unsup_weight : float
+        Weight of the SGAN unsupervised (real/fake) loss beside the supervised cross-entropy.
+    feature_matching : bool
+        Generator loss: feature matching on the backbone features (Salimans et al.) instead of
+        the non-saturating GAN loss.
+    gen_lr : float
+        Generator Adam learning rate.
+    pretrain_epochs : int
+        Contrastive (SimCLR) pretraining epochs over the unlabelled + labelled spectra.
+    pretrain_batch : int
+        Spectra per contrastive batch (2x views).
+    pretrain_lr : float
+        Adam learning rate of the contrastive pretraining.
+    nt_xent_temperature : float
+        Temperature of the NT-Xent loss.
+    projection : int
+        Output width of the projection MLP (hidden width = feature size).
+    head_epochs : int
+        Epochs of the linear head on the frozen encoder.
+    finetune : bool
+        After the frozen-encoder head, fine-tune the whole network on the labelled spectra.
+    finetune_lr : float
+        Learning rate of the fine-tuning.
+    view_aug : dict
+        Augmentation options (AugmentConfig names) overriding ``TrainConfig.augment_config``
+        for the two contrastive views: stronger than supervised training's.
+    """
+
+    latent: int = 128
+    unsup_weight: float = 1.0
+    feature_matching: bool = True
+    gen_lr: float = 1e-3
+    pretrain_epochs: int = 150
+    pretrain_batch: int = 64
+    pretrain_lr: float = 1e-3
+    nt_xent_temperature: float = 0.2
+    projection: int = 32
+    head_epochs: int = 100
+    finetune: bool = True
+    finetune_lr: float = 3e-4
+    view_aug: dict[str, Any] = field(default_factory=lambda: {
+        "p_shift": 0.8, "p_scale": 0.8, "p_baseline": 0.8, "p_noise": 0.8,
+        "p_fluorescence": 0.5, "p_downsample": 0.5})
+
+    def check(self) -> "SemiConfig":
+        """Raise :class:`ConfigError` naming the first invalid option."""
+        rules = [
+            ("latent", isinstance(self.latent, int) and self.latent >= 1, ">= 1"),
+            ("unsup_weight", 0.0 <= self.unsup_weight < np.inf, ">= 0"),
+            ("gen_lr", 0.0 < self.gen_lr <= 1.0, "in (0, 1]"),
+            ("pretrain_epochs", isinstance(self.pretrain_epochs, int) and self.pretrain_epochs >= 0, ">= 0"),
+            ("pretrain_batch", isinstance(self.pretrain_batch, int) and self.pretrain_batch >= 2, ">= 2"),
+            ("pretrain_lr", 0.0 < self.pretrain_lr <= 1.0, "in (0, 1]"),
+            ("nt_xent_temperature", 0.0 < self.nt_xent_temperature < np.inf, "> 0"),
+            ("projection", isinstance(self.projection, int) and self.projection >= 1, ">= 1"),
+            ("head_epochs", isinstance(self.head_epochs, int) and self.head_epochs >= 0, ">= 0"),
+            ("finetune_lr", 0.0 < self.finetune_lr <= 1.0, "in (0, 1]"),
+        ]
+        for name, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"semi option {name} must be {rule}, got {getattr(self, name)!r}")
+        AugmentConfig().replace(**self.view_aug)  # names and ranges checked there
+        return self
+
+
+def parse_semi_options(items: list[str] | tuple[str, ...], base: SemiConfig | None = None) -> SemiConfig:
+    """``base`` (default :class:`SemiConfig`) with ``NAME=VALUE`` items applied (``--semi-opt``).
+
+    Booleans as true/false; ``view_aug`` entries as ``view_aug.p_fluorescence=0.3``.
+    Raises :class:`ConfigError` naming a bad item.
+    """
+    from dataclasses import fields, replace
+
+    base = base or SemiConfig()
+    kinds = {f.name: type(getattr(base, f.name)) for f in fields(base)}
+    changes: dict[str, Any] = {}
+    view_aug = dict(base.view_aug)
+    for item in items:
+        name, sep, text = (s.strip() for s in item.partition("="))
+        name = name.replace("-", "_")
+        if not sep or not name:
+            raise ConfigError(f"--semi-opt {item!r}: expected NAME=VALUE")
+        if name.startswith("view_aug."):
+            try:
+                view_aug[name.split(".", 1)[1]] = float(text)
+            except ValueError:
+                raise ConfigError(f"--semi-opt {item!r}: expected a number") from None
+            continue
+        if name not in kinds or name == "view_aug":
+            raise ConfigError(f"--semi-opt {name}: unknown option; known: "
+                              f"{sorted(k for k in kinds if k != 'view_aug')} and view_aug.NAME")
+        kind = kinds[name]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                changes[name] = text.lower() in ("true", "1", "yes")
+            else:
+                changes[name] = kind(text)
+        except ValueError:
+            raise ConfigError(f"--semi-opt {name}: cannot read {text!r} as {kind.__name__}") from None
+    return replace(base, **changes, view_aug=view_aug).check()
+
+
 def default_threads() -> int:
     """Torch threads when not told: at most 4, never more than the CPUs we may use."""
     try:
@@ -86,6 +205,10 @@ class TrainConfig:
     shift_tolerance: float | None = None
     #: Options of ``arch`` other than liu's fields above (``--param KEY=VALUE``; see trainer.archs).
     arch_options: dict[str, Any] = field(default_factory=dict)
+    #: Semi-supervised method (``--semi``; one of :data:`SEMI_METHODS`) or None for supervised training.
+    semi: str | None = None
+    #: Its options (``--semi-opt NAME=VALUE``).
+    semi_config: SemiConfig = field(default_factory=SemiConfig)
 
     def check(self) -> "TrainConfig":
         """Raise :class:`ConfigError` naming the first invalid option."""
@@ -120,6 +243,9 @@ class TrainConfig:
         for name, ok, rule in rules:
             if not ok:
                 raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        if self.semi is not None and self.semi not in SEMI_METHODS:
+            raise ConfigError(f"semi must be one of {list(SEMI_METHODS)} or None, got {self.semi!r}")
+        self.semi_config.check()
         return self
 
     def arch_params(self) -> dict[str, Any]:

@@ -162,7 +162,8 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 
 def train(dataset: Dataset, config: TrainConfig | None = None, *,
           preprocessing: dict[str, Any] | None = None,
-          on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[EpochLog], None] | None = None,
+          init_model: nn.Module | None = None) -> TrainResult:
     """Train a model on a labelled dataset of raw spectra.
 
     Parameters
@@ -175,6 +176,9 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
         Preprocessing spec (default :data:`calibration.preprocess.DEFAULT_SPEC`).
     on_epoch : callable, optional
         Called with each :class:`EpochLog` (progress display).
+    init_model : torch.nn.Module, optional
+        Train this model (e.g. a pretrained backbone, :mod:`trainer.semi`) instead of a freshly
+        built one; it must have ``len(dataset.classes)`` outputs.  It is trained in place.
 
     Returns
     -------
@@ -212,10 +216,16 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
     y_train = torch.from_numpy(y_all[train_idx])
     y_val = torch.from_numpy(y_all[val_idx]) if val_idx.size else None
 
-    try:
-        model = build_model({"points": pre.grid.size, "classes": len(classes), **config.arch_params()}, config.arch)
-    except ValueError as e:  # options that only the builder can judge (e.g. an input too short for the stack)
-        raise ConfigError(f"arch {config.arch}: {e}") from None
+    if init_model is not None:
+        model = init_model
+        if model.params.get("classes") != len(classes):
+            raise ConfigError(f"init_model has {model.params.get('classes')} outputs for {len(classes)} classes")
+    else:
+        try:
+            model = build_model({"points": pre.grid.size, "classes": len(classes), **config.arch_params()},
+                                config.arch)
+        except ValueError as e:  # options that only the builder can judge (e.g. an input too short for the stack)
+            raise ConfigError(f"arch {config.arch}: {e}") from None
     log.info("training %s on %d spectra (%d validation), %d classes, %d parameters, %d threads",
              config.arch, train_idx.size, val_idx.size, len(classes), count_parameters(model), threads)
     weights = torch.tensor(class_weights(y_all[train_idx], len(classes)), dtype=torch.float32)
