@@ -24,6 +24,9 @@ CALIBRATION_FORMAT = "raman-edge.calibration"
 #: written as version 1 so that older daemons keep reading it.
 CALIBRATION_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+#: A shift-axis correction (:class:`ShiftCorrection`) is written as version 3, a
+#: version older daemons refuse by name rather than misread as a pixel calibration.
+SHIFT_CORRECTION_VERSION = 3
 
 
 def wavelength_to_shift(wavelength_nm: np.ndarray, laser_nm: float) -> np.ndarray:
@@ -169,6 +172,9 @@ class AxisCalibration:
         if d.get("format") != CALIBRATION_FORMAT:
             raise CalibrationError(f"{where}: 'format' is {d.get('format')!r}, expected {CALIBRATION_FORMAT!r}")
         version = d.get("version")
+        if d.get("kind") == ShiftCorrection.KIND:
+            raise CalibrationError(f"{where}: is a shift-axis correction, not a pixel calibration "
+                                   "(load it with calibration.axis.load_calibration)")
         if version not in READABLE_VERSIONS:
             raise CalibrationError(
                 f"{where}: calibration version {version!r} is not supported "
@@ -198,11 +204,166 @@ class AxisCalibration:
 
     @classmethod
     def load(cls, path: str | Path) -> "AxisCalibration":
-        path = Path(path)
+        return cls.from_dict(_read_json(path), where=str(path))
+
+
+def _read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise CalibrationError(f"{path}: cannot read calibration: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        line = f" (line {e.lineno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise CalibrationError(f"{path}: not valid JSON{line}") from None
+
+
+@dataclass(frozen=True)
+class ShiftCorrection:
+    """Correction of a spectrum already on a Raman-shift axis (exported by the instrument's software).
+
+    Instruments such as the Wasatch, Horiba and Renishaw ones export a Raman-shift
+    axis computed from their own stored polynomial and nominal laser.  A Raman
+    standard measured on them (``raman-edge calibrate --standard FILE --laser-nm L``
+    without ``--lamp``) fits this correction: the shift axis is turned back into
+    wavelengths with the nominal laser, moved by ``wavelength_offset_nm`` and
+    converted again with the refined ``laser_nm``.  For the ``laser`` model that is
+    a constant offset of every shift; the ``offset`` model shrinks as 1/λ².
+
+    It is stored in the same versioned JSON family as :class:`AxisCalibration`
+    (``"kind": "shift_correction"``, version 3) and its :attr:`id` is logged with
+    every result it corrected.
+    """
+
+    laser_nm_nominal: float
+    laser_nm: float
+    wavelength_offset_nm: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    instrument: str = ""
+
+    KIND = "shift_correction"
+
+    def __post_init__(self) -> None:
+        for name in ("laser_nm_nominal", "laser_nm"):
+            v = float(getattr(self, name))
+            if not (np.isfinite(v) and 100.0 < v < 2000.0):
+                raise CalibrationError(f"shift correction: {name} {v!r} nm is outside 100–2000 nm")
+            object.__setattr__(self, name, v)
+        off = float(self.wavelength_offset_nm)
+        if not (np.isfinite(off) and abs(off) < 50.0):
+            raise CalibrationError(f"shift correction: wavelength offset {off!r} nm is implausible (|δλ| ≥ 50 nm)")
+        object.__setattr__(self, "wavelength_offset_nm", off)
+
+    def correct(self, shift_cm1: np.ndarray) -> np.ndarray:
+        """Corrected Raman shifts (cm⁻¹) of the instrument's ``shift_cm1``."""
+        lam = shift_to_wavelength(np.asarray(shift_cm1, dtype=np.float64), self.laser_nm_nominal)
+        return wavelength_to_shift(lam + self.wavelength_offset_nm, self.laser_nm)
+
+    def apply(self, spectrum: Spectrum) -> Spectrum:
+        """The spectrum on the corrected axis; only Raman-shift-axis spectra are accepted."""
+        if spectrum.unit != "raman_shift":
+            raise SpectrumError(f"{spectrum.where}: a shift-axis correction ({self.id}) needs a Raman-shift axis, "
+                                f"this spectrum is on a {spectrum.unit} axis")
+        s = spectrum.validated(unit="raman_shift")
+        meta = dict(s.meta, shift_correction=self.id)
+        return replace(s, axis=self.correct(s.axis), meta=meta).ascending()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CALIBRATION_FORMAT, "version": SHIFT_CORRECTION_VERSION, "kind": self.KIND,
+                "instrument": self.instrument, "laser_nm_nominal": self.laser_nm_nominal,
+                "laser_nm": self.laser_nm, "wavelength_offset_nm": self.wavelength_offset_nm,
+                "provenance": self.provenance}
+
+    @property
+    def id(self) -> str:
+        """Content hash of the physics (nominal and refined laser, offset)."""
+        core = {"kind": self.KIND, "laser_nm_nominal": self.laser_nm_nominal, "laser_nm": self.laser_nm,
+                "wavelength_offset_nm": self.wavelength_offset_nm}
+        return "shc-" + hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "calibration") -> "ShiftCorrection":
+        if not isinstance(d, dict):
+            raise CalibrationError(f"{where}: expected a JSON object")
+        if d.get("format") != CALIBRATION_FORMAT:
+            raise CalibrationError(f"{where}: 'format' is {d.get('format')!r}, expected {CALIBRATION_FORMAT!r}")
+        if d.get("kind") != cls.KIND or d.get("version") != SHIFT_CORRECTION_VERSION:
+            raise CalibrationError(f"{where}: not a version-{SHIFT_CORRECTION_VERSION} shift correction "
+                                   f"(kind {d.get('kind')!r}, version {d.get('version')!r})")
         try:
-            d = json.loads(path.read_text())
-        except OSError as e:
-            raise CalibrationError(f"{path}: cannot read calibration: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise CalibrationError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-        return cls.from_dict(d, where=str(path))
+            return cls(laser_nm_nominal=float(d["laser_nm_nominal"]), laser_nm=float(d["laser_nm"]),
+                       wavelength_offset_nm=float(d.get("wavelength_offset_nm", 0.0)),
+                       provenance=dict(d.get("provenance", {})), instrument=str(d.get("instrument", "")))
+        except KeyError as e:
+            raise CalibrationError(f"{where}: missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise CalibrationError(f"{where}: {e}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ShiftCorrection":
+        return cls.from_dict(_read_json(path), where=str(path))
+
+
+def load_calibration(path: str | Path) -> "AxisCalibration | ShiftCorrection":
+    """Either kind of calibration file: a pixel-axis :class:`AxisCalibration` or a :class:`ShiftCorrection`.
+
+    Raises
+    ------
+    CalibrationError
+        Unreadable, not JSON, or not a calibration this build reads (the message names the file).
+    """
+    d = _read_json(path)
+    if isinstance(d, dict) and d.get("kind") == ShiftCorrection.KIND:
+        return ShiftCorrection.from_dict(d, where=str(path))
+    return AxisCalibration.from_dict(d, where=str(path))
+
+
+def to_shift_axis(spectrum: Spectrum, calibration: "AxisCalibration | ShiftCorrection | None",
+                  instrument: "AxisCalibration | None" = None
+                  ) -> tuple[Spectrum, list["AxisCalibration | ShiftCorrection"]]:
+    """``spectrum`` on a calibrated Raman-shift axis, and the id of what calibrated it.
+
+    Parameters
+    ----------
+    spectrum : Spectrum
+        On a pixel, wavelength or Raman-shift axis.
+    calibration : AxisCalibration or ShiftCorrection, optional
+        The configured (ground-fitted) calibration.  An :class:`AxisCalibration`
+        puts pixel/wavelength spectra on the shift axis; a :class:`ShiftCorrection`
+        corrects a shift axis.
+    instrument : AxisCalibration, optional
+        The calibration the instrument reported with the spectrum: used for a pixel
+        axis when the configured one is a shift correction (or absent).
+
+    Returns
+    -------
+    (Spectrum, list)
+        The Raman-shift spectrum and the calibrations applied, in order
+        (:func:`applied_id` names them for the results log).
+
+    Raises
+    ------
+    CalibrationError
+        A pixel/wavelength spectrum and no axis calibration to put it on a shift axis.
+    """
+    applied: list[AxisCalibration | ShiftCorrection] = []
+    s = spectrum
+    pixel_cal = calibration if isinstance(calibration, AxisCalibration) else instrument
+    if s.unit != "raman_shift":
+        if pixel_cal is None:
+            raise CalibrationError(f"{s.where}: spectrum is on a {s.unit} axis and no axis calibration is known "
+                                   "(the instrument reported none; pass --calibration CAL.json)")
+        s = pixel_cal.apply(s.validated())
+        applied.append(pixel_cal)
+    if isinstance(calibration, ShiftCorrection):
+        s = calibration.apply(s)
+        applied.append(calibration)
+    return s, applied
+
+
+def applied_id(applied: "list[AxisCalibration | ShiftCorrection]") -> str | None:
+    """The id logged for a chain of applied calibrations: ``"cal-…"``, ``"shc-…"``, ``"cal-…+shc-…"`` or None."""
+    return "+".join(c.id for c in applied) or None

@@ -35,7 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import least_squares
 
-from .axis import AxisCalibration, air_wavelength_to_shift, shift_to_wavelength, wavelength_to_shift
+from .axis import (AxisCalibration, ShiftCorrection, air_wavelength_to_shift, shift_to_wavelength,
+                   wavelength_to_shift)
 from .errors import CalibrationError, InputError, SpectrumError
 from .lamp import detect_peaks
 from .spectrum import Spectrum
@@ -347,29 +348,6 @@ def refine_calibration(calibration: AxisCalibration, intensities: np.ndarray,
 
 # --------------------------------------------------------------------------- shift-axis spectra
 
-@dataclass(frozen=True)
-class ShiftCorrection:
-    """Correction of a spectrum already on a Raman-shift axis (exported by the instrument's software).
-
-    The shift axis is turned back into wavelengths with the nominal laser, moved by
-    ``wavelength_offset_nm`` and converted again with the refined ``laser_nm``; for
-    the ``laser`` model that is a constant offset of every shift.
-    """
-
-    laser_nm_nominal: float
-    laser_nm: float
-    wavelength_offset_nm: float = 0.0
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    def correct(self, shift_cm1: np.ndarray) -> np.ndarray:
-        lam = shift_to_wavelength(shift_cm1, self.laser_nm_nominal)
-        return wavelength_to_shift(lam + self.wavelength_offset_nm, self.laser_nm)
-
-    def apply(self, spectrum: Spectrum) -> Spectrum:
-        s = spectrum.validated(unit="raman_shift")
-        return replace(s, axis=self.correct(s.axis), meta=dict(s.meta, shift_correction=self.provenance.get("model", "")))
-
-
 def refine_shift_axis(spectrum: Spectrum, laser_nm: float,
                       standard: str | RamanStandard | Sequence[float] = "acetonitrile", *, model: str = "laser",
                       min_bands: int = 1, max_rms_cm1: float | None = 5.0, **measure_kw: Any) -> Refinement:
@@ -387,7 +365,8 @@ def refine_shift_axis(spectrum: Spectrum, laser_nm: float,
     if max_rms_cm1 is not None and chosen.rms_cm1 > max_rms_cm1:
         raise CalibrationError(f"{s.where}: {name} bands fit with RMS {chosen.rms_cm1:.2f} cm-1 > {max_rms_cm1:g} (model {chosen.model})")
     out = Refinement(name, bands, chosen, cands, laser_nm)
-    corr = ShiftCorrection(laser_nm, chosen.laser_nm, chosen.wavelength_offset_nm, provenance=out.report())
+    corr = ShiftCorrection(laser_nm, chosen.laser_nm, chosen.wavelength_offset_nm, provenance=out.report(),
+                           instrument=str(s.meta.get("instrument") or s.meta.get("model") or ""))
     return replace(out, correction=corr)
 
 

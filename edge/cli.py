@@ -79,14 +79,14 @@ def _interest(value: str) -> frozenset[str]:
 
 def _pipeline(model: Path | None, calibration: Path | None, interest: str, min_probability: float,
               min_margin: float, top_k: int) -> Any:
-    from calibration.axis import AxisCalibration
+    from calibration.axis import load_calibration
 
     from .bundle import load_bundle
     from .pipeline import Pipeline
     from .priority import PriorityPolicy
 
     bundle = load_bundle(model)
-    cal = AxisCalibration.load(calibration) if calibration else None
+    cal = load_calibration(calibration) if calibration else None
     policy = PriorityPolicy(min_probability=min_probability, min_margin=min_margin, interest=_interest(interest))
     return Pipeline(bundle, calibration=cal, policy=policy, top_k=top_k)
 

@@ -70,7 +70,7 @@ def result_record(result: Result, model_id: str) -> dict[str, Any]:
         acquired_at=acq.acquired_at, source=acq.source, seq=acq.seq, axis_unit=acq.spectrum.unit,
         axis=acq.spectrum.axis, spectrum=acq.spectrum.intensities,
         status="classified" if pred is not None else "error", error=result.error, model_id=model_id,
-        calibration_id=result.calibration_id, calibration=acq.calibration,
+        calibration_id=result.calibration_id, calibration=acq.calibration, calibrations=result.calibrations,
         topk=list(zip(pred.classes, pred.probabilities)) if pred is not None else None,
         priority=result.priority, reasons=result.reasons, truth=acq.truth, meta=meta,
     )

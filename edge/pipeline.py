@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibration.axis import AxisCalibration
+from calibration.axis import AxisCalibration, ShiftCorrection, applied_id, to_shift_axis
 from calibration.errors import CalibrationError, InputError, RamanEdgeError
 from firmware_bridge.source import Acquisition
 
@@ -37,6 +38,8 @@ class Result:
     calibration_id: str | None
     error: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: The calibration objects behind ``calibration_id`` (their JSON is stored with the log).
+    calibrations: tuple[Any, ...] = ()
 
     @property
     def latency_ms(self) -> float:
@@ -50,14 +53,16 @@ class Pipeline:
     ----------
     bundle : Bundle
         The verified model bundle; its preprocessing spec is the one applied.
-    calibration : AxisCalibration, optional
-        Overrides the axis calibration the instrument reports (a ground-fitted
-        calibration file).  Pixel-axis spectra need one or the other.
+    calibration : AxisCalibration or ShiftCorrection, optional
+        A ground-fitted calibration file.  An AxisCalibration overrides the one the
+        instrument reports (pixel-axis spectra need one or the other); a
+        ShiftCorrection corrects the Raman-shift axis (the instrument's own, or the
+        one its reported calibration gives).
     policy : PriorityPolicy, optional
     top_k : int
     """
 
-    def __init__(self, bundle: Bundle, calibration: AxisCalibration | None = None,
+    def __init__(self, bundle: Bundle, calibration: AxisCalibration | ShiftCorrection | None = None,
                  policy: PriorityPolicy | None = None, top_k: int = 3) -> None:
         self.bundle = bundle
         self.classifier = Classifier(bundle, top_k=top_k)
@@ -69,26 +74,18 @@ class Pipeline:
     def model_id(self) -> str:
         return self.bundle.model_id
 
-    def prepare(self, acq: Acquisition) -> tuple[np.ndarray, str | None]:
-        """Calibrated and preprocessed model input for one acquisition, and the calibration id."""
-        spectrum = acq.spectrum
-        cal = self.calibration or acq.calibration
-        cal_id = None
-        if spectrum.unit != "raman_shift":
-            if cal is None:
-                raise CalibrationError(
-                    f"{acq.source} #{acq.seq}: spectrum is on a {spectrum.unit} axis and no axis calibration "
-                    "is known (the instrument reported none; pass --calibration CAL.json)"
-                )
-            spectrum = cal.apply(spectrum.validated())
-            cal_id = cal.id
-        return self.preprocessor(spectrum), cal_id
+    def prepare(self, acq: Acquisition) -> tuple[np.ndarray, list[Any]]:
+        """Calibrated and preprocessed model input for one acquisition, and the calibrations applied."""
+        # The configured calibration wins over the instrument's; a shift correction also
+        # applies on top of the instrument's own pixel calibration (see to_shift_axis).
+        spectrum, applied = to_shift_axis(acq.spectrum, self.calibration, acq.calibration)
+        return self.preprocessor(spectrum), applied
 
     def process(self, acq: Acquisition) -> Result:
         """Never raises for a bad spectrum: the result carries the error instead."""
         t0 = time.perf_counter()
         try:
-            x, cal_id = self.prepare(acq)
+            x, applied = self.prepare(acq)
         except (InputError, CalibrationError) as e:
             level, reasons = self.policy.assess(None)
             return Result(acq, None, level, reasons, None, error=str(e),
@@ -97,8 +94,9 @@ class Pipeline:
         pred = self.classifier.classify(x)[0]
         t2 = time.perf_counter()
         level, reasons = self.policy.assess(pred)
-        return Result(acq, pred, level, reasons, cal_id,
-                      timings_ms={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3})
+        return Result(acq, pred, level, reasons, applied_id(applied),
+                      timings_ms={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3},
+                      calibrations=tuple(applied))
 
 
 __all__ = ["Pipeline", "Result", "RamanEdgeError"]

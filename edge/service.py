@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from calibration.axis import AxisCalibration
+from calibration.axis import load_calibration
 from calibration.errors import BundleError, ConfigError
 from firmware_bridge.source import open_source
 
@@ -73,7 +73,7 @@ def build_service(cfg: Config, on_result: Callable[[Result, int], None] | None =
         raise ConfigError(f"state directory {state_dir}: {e.strerror}") from None
     registry = Registry(state_dir)
     bundle, trust, current_entry = load_model(cfg, registry)
-    calibration = AxisCalibration.load(cfg["calibration.path"]) if cfg["calibration.path"] else None
+    calibration = load_calibration(cfg["calibration.path"]) if cfg["calibration.path"] else None
     policy = PriorityPolicy(min_probability=cfg["priority.min_probability"], min_margin=cfg["priority.min_margin"],
                             interest=frozenset(cfg["priority.interest"]))
     top_k = cfg["priority.top_k"]

@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS store_info (
     value       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS calibrations (
-    calibration_id  TEXT PRIMARY KEY,       -- AxisCalibration.id
+    calibration_id  TEXT PRIMARY KEY,       -- AxisCalibration.id or ShiftCorrection.id
     doc             TEXT NOT NULL           -- the calibration JSON
 );
 CREATE TABLE IF NOT EXISTS downlink_passes (
@@ -293,6 +293,8 @@ class ResultLog:
     def _insert(self, r: dict[str, Any]) -> int:
         aid = self._axis_id(r["axis_unit"], r["axis"])
         cal_id = self._calibration_id(r.get("calibration"))
+        for c in r.get("calibrations") or ():  # configured calibrations applied (e.g. a shift correction)
+            self._calibration_id(c)
         status, error, model_id, label, prob, margin, topk, priority, reasons, meta = self._result_columns(r)
         cur = self.db.execute(
             "INSERT INTO results (acquired_utc, logged_utc, source, seq, status, error, model_id,"
@@ -306,6 +308,8 @@ class ResultLog:
 
     def _complete(self, row_id: int, r: dict[str, Any]) -> None:
         self._calibration_id(r.get("calibration"))
+        for c in r.get("calibrations") or ():
+            self._calibration_id(c)
         status, error, model_id, label, prob, margin, topk, priority, reasons, meta = self._result_columns(r)
         self.db.execute(
             "UPDATE results SET status=?, error=?, model_id=?, calibration_id=coalesce(?, calibration_id), label=?,"

@@ -53,14 +53,16 @@ def _pixel_intensities(spectrum: Any, what: str) -> Any:
 
 
 @click.command("calibrate")
-@click.option("--lamp", "lamp_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
-              help="Emission-lamp spectrum on the pixel axis (any format raman-edge reads).")
+@click.option("--lamp", "lamp_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Emission-lamp spectrum on the pixel axis (any format raman-edge reads). Without it, "
+                   "--standard on the instrument's own Raman-shift axis gives a shift-axis correction.")
 @click.option("--lamp-gas", default="neon", show_default=True, help="Lamp gas: neon or argon.")
 @click.option("--laser-nm", type=float, required=True, help="Nominal excitation wavelength, nm (in air).")
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Calibration JSON to write.")
 @click.option("--standard", "standard_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              default=None, help="Raman standard measured on the same detector (pixel axis): refines the axis.")
+              default=None, help="Raman standard measured on the same detector: refines the lamp axis (pixel "
+                                 "axis), or, without --lamp, corrects the instrument's Raman-shift axis.")
 @click.option("--standard-name", default="acetonitrile", show_default=True,
               help="Which standard: acetonitrile, cyclohexane, polystyrene, toluene-acetonitrile, silicon.")
 @click.option("--order", type=click.IntRange(1, 5), default=3, show_default=True, help="Polynomial order of λ(pixel).")
@@ -81,11 +83,25 @@ def _pixel_intensities(spectrum: Any, what: str) -> Any:
               help="Refuse the refinement when the standard's bands fit worse than this RMS, cm-1.")
 @click.option("--instrument", default="", help="Free text naming the instrument (stored in the JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration's provenance as JSON instead of tables.")
-def calibrate(lamp_file: Path, lamp_gas: str, laser_nm: float, out: Path, standard_file: Path | None,
+def calibrate(lamp_file: Path | None, lamp_gas: str, laser_nm: float, out: Path, standard_file: Path | None,
               standard_name: str, order: int, refine_model: str, guess_poly: str | None, dispersion: str,
               tolerance_px: float, max_residual_px: float, max_band_rms: float, instrument: str, as_json: bool) -> None:
-    """Fit pixel → wavelength to a lamp, refine from a standard, write CAL.json."""
+    """Fit pixel → wavelength to a lamp, refine from a standard, write CAL.json.
+
+    Without --lamp, a standard exported on the instrument's own Raman-shift axis
+    gives a shift-axis correction (the laser wavelength and/or a detector offset
+    refined from the standard's bands), which `run`, `peaks` and `show` apply to
+    that instrument's Raman-shift spectra.
+    """
     import numpy as np
+
+    if lamp_file is None:
+        if standard_file is None:
+            raise ConfigError("give --lamp (pixel → wavelength), or --standard alone for a Raman-shift-axis "
+                              "instrument")
+        _shift_correction(standard_file, standard_name, laser_nm, refine_model, max_band_rms, instrument, out,
+                          as_json)
+        return
 
     from calibration.lamp import fit_lamp
     from calibration.refine import refine_calibration
@@ -122,6 +138,29 @@ def calibrate(lamp_file: Path, lamp_gas: str, laser_nm: float, out: Path, standa
     click.echo(f"wrote {out} (calibration {cal.id}, laser {cal.laser_nm:.4f} nm, lamp RMS {fit.rms_cm1:.3f} cm-1"
                + ("" if refinement is None else f", {refinement.standard} RMS {refinement.chosen.rms_cm1:.2f} cm-1")
                + ")", err=True)
+
+
+def _shift_correction(standard_file: Path, standard_name: str, laser_nm: float, refine_model: str,
+                      max_band_rms: float, instrument: str, out: Path, as_json: bool) -> None:
+    """``calibrate --standard`` without a lamp: a :class:`ShiftCorrection` of a Raman-shift-axis instrument."""
+    from calibration.refine import refine_shift_axis
+
+    std = read_one(standard_file, "standard spectrum")
+    if std.unit != "raman_shift":
+        raise CalibrationError(f"{std.where}: the standard is on a {std.unit} axis; without --lamp calibrate needs "
+                               "a Raman-shift export (or give --lamp to fit the pixel axis)")
+    r = refine_shift_axis(std, laser_nm, standard_name, model=refine_model, max_rms_cm1=max_band_rms)
+    corr = r.correction
+    assert corr is not None  # refine_shift_axis always sets it
+    corr = replace(corr, instrument=instrument or corr.instrument,
+                   provenance=dict(corr.provenance, standard_file=str(standard_file)))
+    corr.save(out)
+    if as_json:
+        click.echo(json.dumps({"id": corr.id, **corr.to_dict()}, indent=2))
+    else:
+        click.echo(r.format_table())
+    click.echo(f"wrote {out} (shift correction {corr.id}, laser {corr.laser_nm:.4f} nm, offset "
+               f"{corr.wavelength_offset_nm:+.4f} nm, {r.standard} RMS {r.chosen.rms_cm1:.2f} cm-1)", err=True)
 
 
 COMMAND = calibrate

@@ -11,18 +11,23 @@ from calibration.errors import CalibrationError
 
 
 def shift_spectrum(spectrum: Any, calibration: Path | None) -> Any:
-    """``spectrum`` on an ascending Raman-shift axis: through ``AxisCalibration.apply`` when it needs one.
+    """``spectrum`` on an ascending, calibrated Raman-shift axis.
 
-    A spectrum already on a shift axis (instrument software exported it so) passes
-    through unchanged; a pixel or wavelength axis needs ``calibration``.
+    ``calibration`` is either kind of calibration file: a pixel-axis calibration
+    (needed for pixel or wavelength files; a Raman-shift file passes through it
+    unchanged) or a shift-axis correction fitted from a standard (applied to a
+    Raman-shift file).  The id of what was applied lands in ``meta["calibration_id"]``.
     """
-    from calibration.axis import AxisCalibration
+    from dataclasses import replace
 
-    if spectrum.unit == "raman_shift":
-        return spectrum.validated().ascending()
-    if calibration is None:
+    from calibration.axis import applied_id, load_calibration, to_shift_axis
+
+    cal = load_calibration(calibration) if calibration is not None else None
+    if cal is None and spectrum.unit != "raman_shift":
         raise CalibrationError(f"{spectrum.where}: spectrum is on a {spectrum.unit} axis; give --calibration CAL.json")
-    return AxisCalibration.load(calibration).apply(spectrum.validated())
+    s, applied = to_shift_axis(spectrum.validated(), cal)
+    s, cal_id = s.ascending(), applied_id(applied)
+    return replace(s, meta=dict(s.meta, calibration_id=cal_id)) if cal_id else s
 
 
 def read_spectra(path: Path) -> list[Any]:
@@ -35,7 +40,8 @@ def read_spectra(path: Path) -> list[Any]:
 @click.command("peaks")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--calibration", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Axis calibration JSON (needed for pixel-axis files).")
+              help="Calibration JSON: a pixel-axis calibration (needed for pixel-axis files) or a shift-axis "
+                   "correction (applied to Raman-shift files).")
 @click.option("--min-prominence", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Smallest peak prominence, in the file's intensity units (default: 8 × the noise σ).")
 @click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True,

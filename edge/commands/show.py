@@ -23,7 +23,7 @@ def _pyplot() -> Any:
 @click.command("show")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--calibration", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Axis calibration JSON for pixel-axis files.")
+              help="Calibration JSON: pixel-axis calibration or shift-axis correction.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Image to write (.png, .svg, .pdf).")
 @click.option("--baseline", "baseline_method", default=None,
               help="Subtract a pybaselines baseline first (arpls, asls, imodpoly, snip, ...; extra 'baselines').")
