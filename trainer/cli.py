@@ -19,7 +19,7 @@ import click
 from calibration.errors import ConfigError, MissingExtraError
 
 from .archs import ARCH_NAMES, describe_archs
-from .config import ARCH_NAME, MAX_N_POOL, TrainConfig
+from .config import ARCH_NAME, MAX_N_POOL, SEMI_METHODS, TrainConfig
 from .tolerance import MAX_TOLERANCE
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,15 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=_D.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Torch CPU threads [default: min(4, available CPUs)].")
+@click.option("--semi", type=click.Choice(list(SEMI_METHODS)), default=None,
+              help="Semi-supervised training that also learns from --unlabeled spectra: sgan (semi-supervised "
+                   "GAN) or contrastive (SimCLR pretraining, head, fine-tuning). docs/semi_supervised.md.")
+@click.option("--unlabeled", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.npz",
+              help="Raw spectra without labels (.npz with spectra and wavenumbers; labels ignored); "
+                   "required with --semi, refused without it.")
+@click.option("--semi-opt", "semi_opt", multiple=True, metavar="NAME=VALUE",
+              help="Option of --semi, repeatable (e.g. finetune=false, pretrain_epochs=100, "
+                   "nt_xent_temperature=0.5, view_aug.p_fluorescence=0.3); see docs/semi_supervised.md.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
     """Train a mineral classifier on raw spectra and write a model bundle to OUT."""
@@ -125,12 +134,21 @@ def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
     from .progress import EpochProgress
     from .train import preprocess_dataset, train as fit
 
+    _check_semi(options)
     config = _config(options)
     _check_out(out)
     dataset = load_dataset(data)
+    unlabeled = None
+    if config.semi:
+        from .semi import load_unlabeled, train_semi
+
+        unlabeled = load_unlabeled(options["unlabeled"], dataset.wavenumbers)  # fail before training
     command = command_line()
     with EpochProgress(config.epochs, enabled=not quiet) as progress:
-        result = fit(dataset, config, on_epoch=progress)
+        result = (train_semi(dataset, unlabeled, config, on_epoch=progress) if config.semi
+                  else fit(dataset, config, on_epoch=progress))
+    if options.get("unlabeled") is not None:
+        options["unlabeled"] = str(options["unlabeled"])
     check_x = preprocess_dataset(dataset.subset(result.val_index[:64] if result.val_index.size
                                                 else result.train_index[:64]), result.preprocessing)
     bundle = save_bundle(out, result, dataset, command=command,
@@ -147,16 +165,27 @@ def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
                        f"{c['ece_after']:.3f}, mean margin {c['mean_margin_before']:.3f} -> {c['mean_margin_after']:.3f}")
 
 
+def _check_semi(options: dict[str, Any]) -> None:
+    """--semi needs --unlabeled, and --unlabeled/--semi-opt mean nothing without --semi."""
+    if options.get("semi") and options.get("unlabeled") is None:
+        raise ConfigError(f"--semi {options['semi']} needs --unlabeled FILE.npz (raw spectra without labels)")
+    if not options.get("semi"):
+        given = [o for o, k in (("--unlabeled", "unlabeled"), ("--semi-opt", "semi_opt")) if options.get(k)]
+        if given:
+            raise ConfigError(f"{' and '.join(given)}: only used with --semi {'|'.join(SEMI_METHODS)}")
+
+
 def _config(options: dict[str, Any]) -> TrainConfig:
     """TrainConfig from the command's options: ``--aug`` items, then the ``--shift-tolerance`` rule."""
     from click.core import ParameterSource
 
     from .augment import parse_augment_options
+    from .config import parse_semi_options
     from .tolerance import apply_shift_tolerance
 
-    kw = {k: v for k, v in options.items() if k not in ("aug", "shift_tolerance")}
+    kw = {k: v for k, v in options.items() if k not in ("aug", "shift_tolerance", "unlabeled", "semi_opt")}
     aug = parse_augment_options(options.get("aug") or ())
-    config = TrainConfig(**kw, augment_config=aug)
+    config = TrainConfig(**kw, augment_config=aug, semi_config=parse_semi_options(options.get("semi_opt") or ()))
     if options.get("shift_tolerance") is not None:
         ctx = click.get_current_context()
         keep = {k for k in ("pool", "n_pool", "patience", "epochs")
