@@ -33,16 +33,18 @@ takes 3 of them as the test side: stratified *and* grouped, which
 
 Shifted test spectra
 --------------------
-:func:`shift_spectra` moves a spectrum along its Raman-shift axis: every band at
+:func:`shift_spectra` (re-exported from :mod:`trainer.augment`, the one shift
+definition, numpy only) moves a spectrum along its Raman-shift axis: every band at
 ``x`` moves to ``x + delta`` (linear interpolation; exact for whole-step shifts on
-a regular grid).  The end that the shift vacates is filled by ``fill``:
+a regular grid).  The end that the shift vacates is filled by ``fill``
+(:data:`FILL_MODES`); the benchmarks here pass :data:`DEFAULT_FILL`:
 
-* ``"baseline"`` (default): the minimum of the *original* spectrum over the
-  ``window`` cm⁻¹ nearest that end — the local baseline level.  It neither
-  invents a band nor stretches a band that sits at the edge into a plateau,
-  and on raw spectra it continues the fluorescence level.
-* ``"edge"``: the original end value (what ``numpy.interp`` does by default);
-  a band at the edge is stretched.
+* ``"baseline"``: the minimum of the *original* spectrum over the ``window``
+  cm⁻¹ nearest that end — the local baseline level.  It neither invents a band
+  nor stretches a band that sits at the edge into a plateau, and on raw spectra
+  it continues the fluorescence level.
+* ``"edge"`` (the function's default, the training augmentation's fill): the
+  original end value (what ``numpy.interp`` does); a band at the edge is stretched.
 * ``"zero"``: zeros, as in data that are zero outside their measured range.
 """
 from __future__ import annotations
@@ -56,10 +58,13 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from calibration.errors import ConfigError
+from trainer.augment import SHIFT_FILLS, shift_spectra
 
 log = logging.getLogger(__name__)
 
-FILL_MODES = ("baseline", "edge", "zero")
+#: Vacated-end fills of :func:`shift_spectra`, and the one the benchmarks use.
+FILL_MODES = SHIFT_FILLS
+DEFAULT_FILL = "baseline"
 #: Folds used to build a grouped train/test split of a given test fraction.
 GROUPED_SPLIT_FOLDS = 10
 
@@ -240,52 +245,6 @@ def shared_groups(split: Split, groups: np.ndarray) -> set[str]:
     return set(groups[split.train].tolist()) & set(groups[split.test].tolist())
 
 
-def shift_spectra(spectra: np.ndarray, wavenumbers: np.ndarray, delta: float, fill: str = "baseline",
-                  window: float = 30.0) -> np.ndarray:
-    """Move spectra along their Raman-shift axis: a band at ``x`` moves to ``x + delta``.
-
-    Parameters
-    ----------
-    spectra : numpy.ndarray
-        ``(n, points)`` or ``(points,)`` intensities on ``wavenumbers``.
-    wavenumbers : numpy.ndarray
-        Ascending axis (cm⁻¹).
-    delta : float
-        Shift in cm⁻¹; positive moves bands to higher wavenumbers.
-    fill : {"baseline", "edge", "zero"}
-        Value of the vacated end (see the module docstring).
-    window : float
-        Width (cm⁻¹) of the end region whose minimum is the ``"baseline"`` fill.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shifted spectra, same shape and dtype as ``spectra``.
-    """
-    if fill not in FILL_MODES:
-        raise ConfigError(f"shift fill must be one of {FILL_MODES}, got {fill!r}")
-    y = np.asarray(spectra)
-    one = y.ndim == 1
-    y2 = np.atleast_2d(y).astype(np.float64)
-    wn = np.asarray(wavenumbers, dtype=np.float64)
-    if y2.shape[1] != wn.size:
-        raise ConfigError(f"spectra have {y2.shape[1]} points, axis has {wn.size}")
-    if delta == 0:
-        return y.copy()
-    src = wn - float(delta)
-    out = np.empty_like(y2)
-    for i, row in enumerate(y2):
-        out[i] = np.interp(src, wn, row)  # clamps: the "edge" fill
-    vacated = (src < wn[0]) if delta > 0 else (src > wn[-1])
-    if fill == "zero":
-        out[:, vacated] = 0.0
-    elif fill == "baseline":
-        end = (wn < wn[0] + window) if delta > 0 else (wn > wn[-1] - window)
-        out[:, vacated] = y2[:, end].min(axis=1, keepdims=True)
-    out = out.astype(y.dtype if np.issubdtype(y.dtype, np.floating) else np.float64)
-    return out[0] if one else out
-
-
 def summarise(values: Iterable[float]) -> dict[str, Any]:
     """Mean ± standard deviation (ddof=0) over folds or seeds, with the values."""
     v = np.asarray(list(values), dtype=np.float64)
@@ -295,4 +254,4 @@ def summarise(values: Iterable[float]) -> dict[str, Any]:
 
 
 __all__ = ["Split", "stratified_kfold", "random_split", "grouped_kfold", "grouped_split", "shared_groups",
-           "shift_spectra", "summarise", "FILL_MODES"]
+           "shift_spectra", "summarise", "FILL_MODES", "DEFAULT_FILL"]

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from benchmarks.baselines import (BASELINES, CNNModel, CNNSpec, PeakCounter, discover_architectures,  # noqa: E402
                                   evaluate, fmt_mean_std, model_factory, provenance, split_model_list)
-from benchmarks.protocols import FILL_MODES, shift_spectra, stratified_kfold, summarise  # noqa: E402
+from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold, summarise  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
 from calibration.errors import RamanEdgeError  # noqa: E402
 
@@ -186,7 +186,7 @@ def print_table(doc: dict[str, Any], title: str) -> None:
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Seed of the folds, the MLPs and the CNN training.")
 @click.option("--shifts", default="15,30", show_default=True, help="Shifts (cm-1), each tested + and -.")
-@click.option("--fill", type=click.Choice(FILL_MODES), default="baseline", show_default=True,
+@click.option("--fill", type=click.Choice(FILL_MODES), default=DEFAULT_FILL, show_default=True,
               help="Value of the end a shift vacates.")
 @click.option("--epochs", type=click.IntRange(1, 100000), default=None,
               help="Cap on CNN epochs [default: each architecture's TrainConfig].")

@@ -142,7 +142,7 @@ def test_shift_fills_the_vacated_end_with_the_local_baseline(delta):
     # A band sitting at each end: an "edge" fill would stretch it into a plateau.
     y = baseline + lorentz(AXIS, [(203.0, 0.8, 6.0), (1588.0, 0.8, 6.0), (900.0, 1.0, 8.0)]) \
         + rng.normal(0, 0.002, AXIS.size)
-    out = shift_spectra(y, AXIS, delta)
+    out = shift_spectra(y, AXIS, delta, fill="baseline")
     n = int(abs(delta))
     vacated = out[:n] if delta > 0 else out[-n:]
     end = y[:30] if delta > 0 else y[-30:]

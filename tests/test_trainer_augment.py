@@ -4,7 +4,7 @@ import pytest
 
 from calibration.errors import ConfigError
 from calibration.preprocess import Preprocessor
-from trainer.augment import AugmentConfig, Augmenter, add_noise, random_baselines, shift_axis
+from trainer.augment import AugmentConfig, Augmenter, add_noise, random_baselines, shift_spectra
 from trainer.synthetic import lorentzian, synthetic_spectra
 
 ALWAYS = AugmentConfig(p_shift=1.0, p_scale=1.0, p_baseline=1.0, p_noise=1.0)
@@ -80,12 +80,54 @@ def test_baseline_scales_with_spectrum_mean(raw):
 def test_shift_moves_band_by_requested_amount():
     axis = np.arange(200.0, 1592.0)
     y = lorentzian(axis, 800.0, 8.0)[None, :]
-    out = shift_axis(y, axis, np.array([3.0]))
+    out = shift_spectra(y, axis, np.array([3.0]))
     assert axis[np.argmax(out[0])] == 803.0
     # The edge is filled with the edge value, not zeros or wrap-around.
     ramp = np.linspace(1.0, 2.0, axis.size)[None, :]
-    shifted = shift_axis(ramp, axis, np.array([5.0]))
+    shifted = shift_spectra(ramp, axis, np.array([5.0]))
     assert np.allclose(shifted[0, :5], 1.0) and shifted.min() >= 1.0
+
+
+def test_shift_per_spectrum_with_each_fill():
+    """One call, shifts of both signs (and none): every row moved by its own shift, its own end filled."""
+    axis = np.arange(200.0, 1592.0)
+    rise = np.linspace(0.2, 0.6, axis.size)  # the ends differ, so each fill is told apart
+    y = np.stack([rise + lorentzian(axis, 800.0, 8.0)] * 3)
+    shifts = np.array([12.0, -7.0, 0.0])
+    for fill in ("edge", "baseline", "zero"):
+        out = shift_spectra(y, axis, shifts, fill=fill)
+        assert list(axis[out.argmax(1)]) == [812.0, 793.0, 800.0]
+        assert np.array_equal(out[2], y[2])
+        head, tail = out[0, :12], out[1, -7:]
+        if fill == "edge":
+            assert np.allclose(head, y[0, 0]) and np.allclose(tail, y[1, -1])
+        elif fill == "baseline":  # the minimum over the 30 cm⁻¹ at that end: the first point / the 30th from the end
+            assert np.allclose(head, y[0, :30].min()) and np.allclose(tail, y[1, -30:].min())
+            assert y[1, -30:].min() < y[1, -1]
+        else:
+            assert (head == 0).all() and (tail == 0).all()
+    one = shift_spectra(y[0].astype(np.float32), axis, 12.0)
+    assert one.shape == axis.shape and one.dtype == np.float32
+
+
+def test_shift_refuses_bad_input():
+    from calibration.errors import InputError
+
+    axis = np.arange(200.0, 1592.0)
+    y = np.ones((2, axis.size))
+    with pytest.raises(InputError):
+        shift_spectra(y, axis[::-1], 3.0)
+    with pytest.raises(InputError):
+        shift_spectra(y[:, :-1], axis, 3.0)
+    with pytest.raises(ConfigError):
+        shift_spectra(y, axis, 3.0, fill="wrap")
+
+
+def test_one_shift_definition():
+    """The augmentation, the trainer's shift evaluation and the benchmarks share one function."""
+    import trainer.tolerance
+    protocols = pytest.importorskip("benchmarks.protocols")
+    assert trainer.tolerance.shift_spectra is shift_spectra is protocols.shift_spectra
 
 
 def test_shift_is_bounded(raw):

@@ -47,7 +47,7 @@ import numpy as np
 from scipy.integrate import cumulative_trapezoid
 from scipy.special import comb
 
-from calibration.errors import ConfigError
+from calibration.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +167,75 @@ class AugmentConfig:
         return AugmentConfig(**{**asdict(self), **changes})
 
 
-def shift_axis(spectra: np.ndarray, axis: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Move each spectrum by ``shifts[i]`` axis units (positive: bands move to higher shift).
+#: How :func:`shift_spectra` fills the end that a shift vacates.
+SHIFT_FILLS = ("edge", "baseline", "zero")
 
-    Linear interpolation; points that come from outside the axis take the edge value.
+
+def shift_spectra(spectra: np.ndarray, axis: np.ndarray, shift: float | np.ndarray, fill: str = "edge",
+                  window: float = 30.0) -> np.ndarray:
+    """Move spectra along their Raman-shift axis: a band at ``x`` moves to ``x + shift``.
+
+    The one shift used everywhere: the training augmentation, the trainer's shift
+    evaluation (:mod:`trainer.tolerance`) and the benchmarks (:mod:`benchmarks.protocols`).
+    Each spectrum is linearly re-interpolated at ``axis - shift`` (exact for whole-step
+    shifts on a regular grid).  Numpy only.
+
+    Parameters
+    ----------
+    spectra : numpy.ndarray
+        ``(n, points)`` or ``(points,)`` intensities on ``axis``.
+    axis : numpy.ndarray
+        Strictly ascending axis (cm⁻¹), ``points`` long.
+    shift : float or numpy.ndarray
+        One shift for every spectrum, or ``(n,)`` shifts (cm⁻¹); positive moves bands
+        to higher Raman shift.
+    fill : {"edge", "baseline", "zero"}
+        The end that a shift vacates (no wrap-around in any mode):
+
+        * ``"edge"``: the spectrum's end value, as ``numpy.interp`` clamps (the
+          augmentation's fill: the shipped model was trained with it);
+        * ``"baseline"``: the minimum of the original spectrum over the ``window``
+          cm⁻¹ nearest that end, the local baseline level: it neither invents a band
+          nor stretches a band sitting at the edge into a plateau;
+        * ``"zero"``: zeros, as in data that are zero outside their measured range.
+    window : float
+        Width (cm⁻¹) of the end region whose minimum is the ``"baseline"`` fill.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shifted spectra, the shape of ``spectra``; its dtype if floating, else float64.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``fill``.
+    InputError
+        Shapes that do not match, or an axis that is not strictly ascending.
     """
-    y = np.asarray(spectra, dtype=np.float64)
-    out = np.empty_like(y)
-    for i in range(y.shape[0]):
-        out[i] = np.interp(axis - shifts[i], axis, y[i], left=y[i, 0], right=y[i, -1])
-    return out
+    if fill not in SHIFT_FILLS:
+        raise ConfigError(f"shift fill must be one of {SHIFT_FILLS}, got {fill!r}")
+    y = np.asarray(spectra)
+    y2 = np.atleast_2d(y).astype(np.float64)
+    x = np.asarray(axis, dtype=np.float64)
+    if y.ndim > 2 or y2.shape[1] != x.size:
+        raise InputError(f"shift: spectra of shape {y.shape} do not lie on an axis of {x.size} points")
+    if x.size > 1 and not np.all(np.diff(x) > 0):
+        raise InputError("shift: the axis must be strictly ascending")
+    d = np.broadcast_to(np.asarray(shift, dtype=np.float64), (y2.shape[0],))
+    out = y2.copy()
+    for i in np.flatnonzero(d):
+        src = x - d[i]
+        out[i] = np.interp(src, x, y2[i])  # clamps to the end values: the "edge" fill
+        if fill != "edge":
+            vacated = src < x[0] if d[i] > 0 else src > x[-1]
+            if fill == "zero":
+                out[i, vacated] = 0.0
+            else:
+                end = x < x[0] + window if d[i] > 0 else x > x[-1] - window
+                out[i, vacated] = y2[i, end].min()
+    out = out.astype(y.dtype if np.issubdtype(y.dtype, np.floating) else np.float64, copy=False)
+    return out[0] if y.ndim == 1 else out
 
 
 def _unit(axis: np.ndarray) -> np.ndarray:
@@ -375,7 +434,7 @@ class Augmenter:
         widths = xr.integers(c.spike_width[0], c.spike_width[1] + 1, (n, most))
 
         if do[:, 0].any():
-            y[do[:, 0]] = shift_axis(y[do[:, 0]], axis, shifts[do[:, 0]])
+            y[do[:, 0]] = shift_spectra(y[do[:, 0]], axis, shifts[do[:, 0]])
         y *= scales[:, None]
         level = np.maximum(np.abs(y).mean(axis=1), 1e-12)  # backgrounds scale with the spectrum's mean
         y += (amps * level)[:, None] * baselines

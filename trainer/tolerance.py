@@ -10,9 +10,11 @@ range of the random axis shifts used in training.  The rule
 ``docs/augmentation.md`` (numbers: ``benchmarks/results/shift_tolerance.json`` and
 ``shift_tolerance_training.json``, from ``benchmarks/shift_tolerance.py``).
 
-Shift evaluation (:func:`shift_spectra`) moves a spectrum along its own axis and
-fills the vacated end with the spectrum's edge value: the instrument would have
-measured the baseline there, not zeros and not the other end (no wrap-around).
+Shift evaluation (:func:`shift_accuracy`) moves each spectrum along its own axis
+with :func:`trainer.augment.shift_spectra` (the one shift definition, also used by the
+augmentation and the benchmarks) and fills the vacated end with the spectrum's edge
+value, as the training augmentation does: the instrument would have measured the
+baseline there, not zeros and not the other end (no wrap-around).
 
 This module is torch-free: the CLI applies the rule before importing torch.
 """
@@ -27,7 +29,7 @@ import numpy as np
 
 from calibration.errors import ConfigError
 
-from .augment import shift_axis
+from .augment import shift_spectra  # the one shift definition; re-exported here
 from .config import ARCH_NAME, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -143,17 +145,9 @@ def apply_shift_tolerance(config: TrainConfig, cm: float, keep: Iterable[str] = 
     return out
 
 
-def shift_spectra(spectra: np.ndarray, axis: np.ndarray, shift: float) -> np.ndarray:
-    """Every spectrum moved by ``shift`` axis units (positive: bands move to higher Raman shift).
-
-    Linear interpolation; the vacated end takes each spectrum's edge value.
-    """
-    y = np.asarray(spectra, dtype=np.float64)
-    return shift_axis(y, np.asarray(axis, dtype=np.float64), np.full(y.shape[0], float(shift)))
-
-
 def shift_accuracy(predict: Callable[[np.ndarray], np.ndarray], spectra: np.ndarray, axis: np.ndarray,
-                   labels: np.ndarray, shifts: Iterable[float] = EVAL_SHIFTS, k: int = 3) -> dict[str, dict[str, float]]:
+                   labels: np.ndarray, shifts: Iterable[float] = EVAL_SHIFTS, k: int = 3,
+                   fill: str = "edge") -> dict[str, dict[str, float]]:
     """Top-1 and top-``k`` accuracy of a classifier on copies of ``spectra`` shifted by each of ``shifts``.
 
     Parameters
@@ -166,6 +160,9 @@ def shift_accuracy(predict: Callable[[np.ndarray], np.ndarray], spectra: np.ndar
         True class indices ``(n,)``.
     shifts : iterable of float
         Shifts in cm⁻¹.
+    fill : str
+        Vacated-end fill of :func:`trainer.augment.shift_spectra` (the evidence in
+        docs/augmentation.md used ``"edge"``).
 
     Returns
     -------
@@ -175,7 +172,7 @@ def shift_accuracy(predict: Callable[[np.ndarray], np.ndarray], spectra: np.ndar
     labels = np.asarray(labels)
     out: dict[str, dict[str, float]] = {}
     for s in shifts:
-        scores = np.asarray(predict(shift_spectra(spectra, axis, s)))
+        scores = np.asarray(predict(shift_spectra(spectra, axis, s, fill=fill)))
         ranked = np.argsort(-scores, axis=1, kind="stable")
         hit = ranked == labels[:, None]
         out[f"{s:+g}"] = {"top1": float(hit[:, :1].any(axis=1).mean()),
