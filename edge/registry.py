@@ -350,13 +350,16 @@ class Registry:
         return names
 
     def install(self, bundle_path: str | Path, trusted_keys: TrustSpec = None, allow_unsigned: bool = False,
-                activate: bool = True, providers: list[str] | None = None) -> InstallResult:
+                activate: bool = True, providers: list[str] | None = None,
+                source: str | None = None) -> InstallResult:
         """Verify a bundle, copy it into the registry atomically, and (by default) activate it.
 
         Parameters
         ----------
         bundle_path : path
-            The bundle directory to install (e.g. as uplinked).
+            The bundle directory to install (e.g. as uplinked), or a head file
+            (``raman-edge head export``): composed with the installed parent's backbone
+            by :func:`edge.headfile.install_head_file`, then installed like a bundle.
         trusted_keys : TrustedKeys, path(s), or None
             None: ``STATE_DIR/trusted-keys`` when it exists, else no keys.
         allow_unsigned : bool
@@ -371,6 +374,10 @@ class Registry:
             registry and the active pointer are then unchanged.
         """
         src = Path(bundle_path)
+        if src.is_file():
+            from .headfile import install_head_file
+
+            return install_head_file(self, src, trusted_keys, allow_unsigned, activate, providers)
         trust = self.trusted_keys(trusted_keys)
         bundle, info = load_trusted_bundle(src, trust, allow_unsigned, providers)
         model_id = bundle.model_id
@@ -401,7 +408,7 @@ class Registry:
                         _copy_file(src / rel, tmp / rel)
                     record = {"model_id": model_id, "manifest_sha256": info.manifest_sha256,
                               "classes": len(bundle.classes), "installed_utc": _utc_now(),
-                              "source": str(src.resolve()), "signature": info.as_dict()}
+                              "source": source or str(src.resolve()), "signature": info.as_dict()}
                     record["signature"].pop("path", None)
                     _write_durable(tmp / INSTALL_RECORD, (json.dumps(record, indent=2) + "\n").encode())
                     _, copied = load_trusted_bundle(tmp, trust, allow_unsigned, providers)

@@ -41,7 +41,7 @@ def model() -> None:
 
 
 @model.command()
-@click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @_state_dir_option
 @_trust_options
 @click.option("--no-activate", is_flag=True, help="Install only; activate later with `model active --set`.")
@@ -49,6 +49,8 @@ def install(bundle: Path, state_dir: Path, trusted_keys: tuple[Path, ...], allow
             no_activate: bool) -> None:
     """Verify BUNDLE (signature, file hashes, graphs), copy it into the registry and activate it.
 
+    BUNDLE may also be a head file (`raman-edge head export`): it is composed with the
+    installed parent's backbone (matched by sha256) and then checked like a bundle.
     A bundle that fails any check is refused and the active model is untouched.
     The previous model stays installed (`model active --previous` rolls back).
     """
