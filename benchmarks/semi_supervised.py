@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     classes = np.asarray(data.classes)
     masks = {f: data.extras[f"in_{f}pct"].astype(bool) for f in FRACTIONS}
     semi = SemiConfig(pretrain_epochs=args.pretrain_epochs, head_epochs=args.head_epochs)
-    base = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, semi_config=semi)
+    base = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, semi_config=semi,
+                       val_fraction=args.val_fraction)
     sgan_cfg = dataclasses.replace(base, semi="sgan", epochs=args.sgan_epochs, patience=args.sgan_patience)
     runs: list[dict[str, Any]] = []
     repeats: list[dict[str, Any]] = []
@@ -216,13 +217,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=200, help="supervised and fine-tuning epoch budget")
     p.add_argument("--patience", type=int, default=40)
-    p.add_argument("--sgan-epochs", type=int, default=100)
-    p.add_argument("--sgan-patience", type=int, default=30)
+    p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+                   help="validation split of the labelled set (early stopping); 0: fixed epoch budgets")
+    p.add_argument("--sgan-epochs", type=int, default=None, help="default: --epochs (same budget)")
+    p.add_argument("--sgan-patience", type=int, default=None, help="default: --patience")
     p.add_argument("--pretrain-epochs", type=int, default=100)
     p.add_argument("--head-epochs", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="1 repeat, 10 and 40 %%, 2 epochs of everything (tests)")
     args = p.parse_args(argv)
+    args.sgan_epochs = args.epochs if args.sgan_epochs is None else args.sgan_epochs
+    args.sgan_patience = args.patience if args.sgan_patience is None else args.sgan_patience
     if args.quick:
         args.seeds, args.fractions = args.seeds[:1], [10, 40]
         args.epochs = args.sgan_epochs = args.pretrain_epochs = args.head_epochs = 2
