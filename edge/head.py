@@ -261,8 +261,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
     if y.size == 0:
         return 1.0
     rows = np.arange(y.size)
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
     res = minimize_scalar(lambda lt: float(-log_softmax(z * np.exp(-lt), axis=1)[rows, y].mean()),
-                          bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded", options={"xatol": 1e-5})
+                          bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    if min(abs(res.x - lo), abs(res.x - hi)) < 1e-3:
+        log.warning("fitted temperature %.3g is at the search bound %s (%d held-out spectra, top-1 %.2f): "
+                    "weakly determined", float(np.exp(res.x)), bounds, y.size, float((z.argmax(1) == y).mean()))
     return float(np.exp(res.x))
 
 
