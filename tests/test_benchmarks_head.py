@@ -1,0 +1,87 @@
+"""benchmarks/head_latency.py and benchmarks/head_swap.py: their --quick paths end to end."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT, make_npz
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def test_crossing_interpolates_between_bracketing_points() -> None:
+    from benchmarks.head_latency import crossing
+
+    cx = crossing([10, 100, 1000], [1.0, 1.0, 3.0], band=2.0)
+    assert cx["bracket"] == [100, 1000]
+    assert cx["k"] == round(10 ** 2.5)
+    assert crossing([10, 100], [1.0, 1.5], band=2.0)["k"] is None
+    assert crossing([10, 100], [3.0, 4.0], band=2.0)["bracket"] == [None, 10]
+
+
+def test_head_latency_quick(tmp_path: Path) -> None:
+    out = tmp_path / "hl.json"
+    # no data file: synthetic spectra, so the test does not need ../shared/data
+    r = _run(["benchmarks/head_latency.py", "--quick", "--data", str(tmp_path / "absent.npz"), "--out", str(out)])
+    assert "matcher" in r.stdout
+    res = json.loads(out.read_text())
+    for key in ("command", "machine", "versions", "bundle", "settings", "rows", "summary"):
+        assert key in res
+    assert res["settings"]["ort_threads"] == 1 and res["settings"]["quick"]
+    paths = {(row["path"], row["classes"], row["refs_per_class"]) for row in res["rows"]}
+    assert ("head", 10, None) in paths and ("head", 100, None) in paths and ("matcher", 100, 1) in paths
+    for row in res["rows"]:
+        assert 0 < row["p50_ms"] <= row["p99_ms"], row
+        assert row["calls"] >= 10 and math.isfinite(row["p50_vs_head10"])
+        assert isinstance(row["within_band"], bool)
+        assert row["onnx_bytes"] > 0 and row["weight_bytes"] > 0 and isinstance(row["rss_delta_bytes"], int)
+        assert {"preprocess", "backbone"} <= set(row["stages_p50_us"])
+    by = {(row["path"], row["classes"], row["refs_per_class"]): row for row in res["rows"]}
+    # weights grow with the number of classes / references: 4 bytes per weight
+    assert by[("head", 100, None)]["weight_bytes"] == 100 * 65 * 4
+    assert by[("matcher", 10, 2)]["weight_bytes"] == 20 * 64 * 4
+    assert res["summary"]["head10_p50_ms"] == by[("head", 10, None)]["p50_ms"]
+
+
+def test_head_swap_quick(tmp_path: Path) -> None:
+    data = make_npz(tmp_path / "four.npz", n_per_class=5, seed=3)
+    out = tmp_path / "hs.json"
+    _run(["benchmarks/head_swap.py", "--quick", "--cs", "2", "--data", str(data), "--out", str(out)])
+    res = json.loads(out.read_text())
+    for key in ("command", "protocol", "settings", "rows", "summary", "paper", "data"):
+        assert key in res
+    assert res["settings"]["threads"] == 1 and res["settings"]["epochs"] == 2
+    (row,) = res["rows"]
+    assert row["c"] == 2 and len(row["new_classes"]) == 2
+    sp = row["spectra"]
+    assert sp["old_train"] + sp["old_test"] + sp["new"] == 20 and sp["new"] == 10
+    for m in ("parent_old", "replace_new", "joint_new", "joint_old", "joint_all", "joint_old_predicted_as_new"):
+        assert 0.0 <= row[m] <= 1.0, (m, row[m])
+    s = res["summary"]["2"]
+    assert s["draws"] == 1 and s["replace_new"]["mean"] == pytest.approx(row["replace_new"])
+    # all = every test spectrum once: between the old and the new accuracy
+    lo, hi = sorted((row["joint_old"], row["joint_new"]))
+    assert lo - 1e-9 <= row["joint_all"] <= hi + 1e-9
+
+
+def test_head_swap_draws_are_nested_and_seeded() -> None:
+    from benchmarks.head_swap import draw_new_classes
+
+    classes = [f"m{i:02d}" for i in range(63)]
+    five, ten = draw_new_classes(classes, 5, 0), draw_new_classes(classes, 10, 0)
+    assert set(five) < set(ten) and len(set(ten)) == 10
+    assert draw_new_classes(classes, 5, 0) == five and draw_new_classes(classes, 5, 1) != five
+    assert np.isin(ten, classes).all()
