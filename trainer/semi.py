@@ -333,7 +333,7 @@ def train_sgan(dataset: Dataset, unlabeled: UnlabeledSet | list[UnlabeledSet] | 
         Raw spectra without labels; with the labelled ones (labels unused) they form the
         "real" pool of the unsupervised loss.
     config : TrainConfig, optional
-        ``epochs`` (one epoch = one pass over the labelled spectra), ``lr`` (discriminator),
+        ``epochs`` (one epoch = one pass over the pool, labelled + unlabelled), ``lr`` (discriminator),
         ``patience`` (early stopping on the validation loss), ``batch_size``,
         augmentation and ``semi_config`` (latent, unsup_weight, feature_matching, gen_lr).
 
@@ -371,11 +371,13 @@ def train_sgan(dataset: Dataset, unlabeled: UnlabeledSet | list[UnlabeledSet] | 
         x_lab = torch.from_numpy(pre.batch(augment(data.raw_train, data.axis), data.axis, where=data.where_train)
                                  if augment is not None else data.x_train_clean)
         x_pool = torch.from_numpy(_augmented(parts, pool_augment, pre))
-        # One epoch = one pass over the labelled training spectra (as in supervised training, so
-        # epoch budgets compare); the pool batches cycle through shuffled passes over the pool.
-        lab_order = rng.permutation(len(x_lab))
-        steps = max(1, -(-len(x_lab) // bs))
-        pool_order = np.concatenate([rng.permutation(n_pool) for _ in range(-(-steps * bs // n_pool))])
+        # One epoch = one pass over the pool (labelled + unlabelled, so at least one over the labelled
+        # spectra: an SGAN epoch never has fewer steps than a supervised one); labelled batches cycle.
+        # (One pass over the labelled spectra alone gave 3 steps an epoch at 10 % labels, and early
+        # stopping on the 3-spectrum validation split then ended the GAN before it had learnt anything.)
+        pool_order = rng.permutation(n_pool)
+        steps = max(1, -(-n_pool // bs))
+        lab_order = np.concatenate([rng.permutation(len(x_lab)) for _ in range(-(-steps * bs // len(x_lab)))])
         model.train()
         gen.train()
         total, correct, seen = 0.0, 0, 0
