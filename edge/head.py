@@ -333,8 +333,11 @@ class Support:
         remap = np.full(len(self.classes), -1, np.int64)
         remap[idx] = np.arange(idx.size)
         keep = remap[self.exemplar_labels] >= 0
+        meta = dict(self.meta)
+        if "synthetic_classes" in meta:
+            meta["synthetic_classes"] = [c for c in meta["synthetic_classes"] if c in classes]
         return Support(list(classes), self.counts[idx], self.mean[idx], self.var[idx], self.exemplars[keep],
-                       remap[self.exemplar_labels[keep]], self.backbone_sha256, dict(self.meta))
+                       remap[self.exemplar_labels[keep]], self.backbone_sha256, meta)
 
     def merge(self, other: "Support") -> "Support":
         """Classes of ``self`` then those of ``other`` (names must not overlap)."""
@@ -343,11 +346,12 @@ class Support:
         if set(self.classes) & set(other.classes):
             raise BundleError(f"support sets overlap: {sorted(set(self.classes) & set(other.classes))}")
         k = len(self.classes)
+        synthetic = list(self.meta.get("synthetic_classes", [])) + list(other.meta.get("synthetic_classes", []))
         return Support(self.classes + other.classes, np.concatenate([self.counts, other.counts]),
                        np.concatenate([self.mean, other.mean]), np.concatenate([self.var, other.var]),
                        np.concatenate([self.exemplars, other.exemplars]),
                        np.concatenate([self.exemplar_labels, other.exemplar_labels + k]),
-                       self.backbone_sha256, {**self.meta, **other.meta})
+                       self.backbone_sha256, {**self.meta, **other.meta, "synthetic_classes": synthetic})
 
     def to_bytes(self) -> bytes:
         """``support.npz`` bytes (no pickle: strings as unicode arrays, meta as JSON)."""
@@ -533,7 +537,7 @@ def _check_classes(new: list[str], old: list[str], where: str, bundle: Bundle) -
 
 # --------------------------------------------------------------------------- head swap
 
-_ADD_OPTIONS = ("exemplars", "gaussian", "folds", "new_bias", "command")
+_ADD_OPTIONS = ("exemplars", "gaussian", "folds", "new_bias", "synthetic_support", "command")
 
 
 def _training_set(new_feats: np.ndarray, new_y: np.ndarray, old: Support | None, gaussian: int,
@@ -590,6 +594,8 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
         ``folds`` (cross-fitting folds for the held-out temperature and accuracy, default 3; 0 = T 1.0),
         ``new_bias`` (logit offset added to the new classes, default 0: > 0 trades old-class for
         new-class accuracy, measured in docs/heads.md),
+        ``synthetic_support`` (for a parent without support: old-class features synthesised from
+        its head by :func:`synthesize_support` instead of refusing; weaker, docs/heads.md),
         ``command`` (recorded as provenance).
 
     Returns
@@ -624,15 +630,22 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
     bundle = _as_bundle(parent)
     backbone_sha = bundle.manifest["files"]["backbone"]["sha256"]
     old_support = None
+    synthetic = bool(opts.get("synthetic_support", False))
     if not replace:
         old_support = load_support(bundle)
-        if old_support is None:
+        if old_support is None and not synthetic:
             raise BundleError(
                 f"{bundle.path}: model {bundle.model_id} has no '{SUPPORT_PART}' part (backbone features of its "
                 f"{len(bundle.classes)} classes), so a head over old and new classes would forget the old ones. "
                 f"Add it from the model's training data: `raman-edge head support --model {bundle.path} "
-                "--data TRAIN.npz --out BUNDLE_WITH_SUPPORT`, or use --replace for a head over the new classes alone")
+                "--data TRAIN.npz --out BUNDLE_WITH_SUPPORT`; without that data, --synthetic-support invents "
+                "old-class features from the model's head (weaker, docs/heads.md); or use --replace for a head "
+                "over the new classes alone")
     d = _load_data(data, bundle)
+    old_source = None if replace else "bundle"
+    if old_support is None and synthetic and not replace:
+        old_support = synthesize_support(bundle, d.features, seed=seed)
+        old_source = "synthetic (inverted from the parent's head)"
     new_classes = sorted(set(d.labels.tolist()))
     old_classes = [] if replace else bundle.classes
     _check_classes(new_classes, old_classes, d.where, bundle)
@@ -690,7 +703,9 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
         "fit": {"l2": fit_kw.get("l2", DEFAULT_L2), "class_weight": fit_kw.get("class_weight", "balanced"),
                 "exemplars_per_class": per_class, "gaussian_per_old_class": gaussian, "folds": n_folds,
                 "new_bias": new_bias,
-                "old_exemplars": int(old_support.exemplars.shape[0]) if old_support is not None else 0},
+                "old_exemplars": int(old_support.exemplars.shape[0]) if old_support is not None else 0,
+                "old_support": old_source,
+                "synthetic_support_classes": len(support.meta.get("synthetic_classes", []))},
         "temperature_source": t_source,
         "seed": seed,
         "command": opts.get("command"),
@@ -715,8 +730,54 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
     return out_bundle
 
 
+def synthesize_support(bundle: Bundle, features: np.ndarray, *, per_class: int = 5, lam: float = 0.01,
+                       seed: int = 0) -> Support:
+    """Stand-in support for a bundle that has none: old-class features inverted from its head.
+
+    For each class, ``per_class`` feature vectors are found by maximising the head's
+    log-probability of that class, minus ``lam/2 * ||f - f0||^2``, within the box of feature
+    values seen in ``features`` (the new spectra's; for the trainer's tanh features about
+    [-1, 1]), each started from a randomly chosen row ``f0`` of ``features``.  The vectors are
+    classified as their class by the old head by construction; they are not real spectra's
+    features, so the old classes lose more accuracy than with a real support part (measured in
+    docs/heads.md) but do not collapse.
+
+    Raises
+    ------
+    BundleError
+        The head is not a single Gemm (see :func:`read_linear_head`).
+    """
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    w0, b0 = (a.astype(np.float64) for a in read_linear_head(bundle.head_path.read_bytes()))
+    x = np.asarray(features, dtype=np.float64)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    pad = 0.05 * np.maximum(hi - lo, 1e-3)
+    bounds = list(zip(lo - pad, hi + pad))
+    rng = np.random.default_rng(seed)
+    ex, lab = [], []
+    with _one_blas_thread():
+        for c in range(w0.shape[0]):
+            for start in x[rng.integers(0, x.shape[0], per_class)]:
+                def objective(f: np.ndarray, c: int = c, start: np.ndarray = start) -> tuple[float, np.ndarray]:
+                    lp = log_softmax(w0 @ f + b0)
+                    grad = -(w0[c] - np.exp(lp) @ w0) + lam * (f - start)
+                    return float(-lp[c] + 0.5 * lam * ((f - start) ** 2).sum()), grad
+
+                ex.append(minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds).x)
+                lab.append(c)
+    sha = bundle.manifest["files"]["backbone"]["sha256"]
+    sup = support_from_features(np.asarray(ex, np.float32), np.asarray(lab), bundle.classes, sha,
+                                per_class=per_class, meta={"synthetic_classes": list(bundle.classes), "method": "head inversion", "lam": lam})
+    log.warning("%s: no support part; using %d old-class feature vectors synthesised from the head "
+                "(weaker than real support, see docs/heads.md)", bundle.path, sup.exemplars.shape[0])
+    return sup
+
+
 def _support_summary(support: Support) -> dict[str, Any]:
     return {"format": SUPPORT_FORMAT, "version": SUPPORT_VERSION, "classes": len(support.classes),
+            "synthetic_classes": len(support.meta.get("synthetic_classes", [])),
             "exemplars": int(support.exemplars.shape[0]), "exemplar_dtype": "float16",
             "per_class": int(support.meta.get("per_class", DEFAULT_EXEMPLARS))}
 
@@ -766,4 +827,5 @@ def add_support(bundle: str | Path | Bundle, data: str | Path | Dataset, out: st
 
 __all__ = ["linear_head_onnx", "read_linear_head", "HEAD_OPSET", "fit_softmax_head", "fit_temperature",
            "extract_features", "Support", "load_support", "support_from_features", "add_head", "add_support",
+           "synthesize_support",
            "herding", "DEFAULT_L2", "DEFAULT_EXEMPLARS", "SUPPORT_PART", "SUPPORT_FILE"]

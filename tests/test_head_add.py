@@ -250,3 +250,19 @@ def test_unknown_option_is_refused(world: dict) -> None:
 
     with pytest.raises(ConfigError, match="unknown option"):
         add_head(world["parent"], world["files"]["new_train"], world["dir"] / "x", learning_rate=3)
+
+
+def test_synthetic_support_keeps_old_classes_better_than_nothing(world: dict) -> None:
+    """The opt-in fallback for a parent without support: old-class features inverted from its head."""
+    t = world["dir"]
+    shutil.copytree(world["parent"].path, t / "nosup")
+    m = json.loads((t / "nosup" / "manifest.json").read_text())
+    del m["files"]["support"], m["support"]
+    (t / "nosup" / "manifest.json").write_text(json.dumps(m))
+    (t / "nosup" / "support.npz").unlink()
+    out = add_head(t / "nosup", world["files"]["new_train"], t / "syn", synthetic_support=True)
+    assert out.manifest["training"]["fit"]["old_support"].startswith("synthetic")
+    assert out.manifest["support"]["synthetic_classes"] == len(OLD)
+    assert load_support(out).meta["synthetic_classes"] == OLD
+    assert accuracy(out, world["parts"]["old_test"]) >= 0.6
+    assert accuracy(out, world["parts"]["new_test"]) >= 0.8

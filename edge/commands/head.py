@@ -29,8 +29,12 @@ def head() -> None:
 @click.option("--l2", type=click.FloatRange(min=0.0), default=None, help="Ridge penalty (default: edge.head.DEFAULT_L2).")
 @click.option("--exemplars", type=click.IntRange(min=1), default=None,
               help="Exemplar feature vectors kept per new class in the bundle's support.")
+@click.option("--synthetic-support", is_flag=True,
+              help="MODEL has no support part and its training data is gone: synthesise old-class features from "
+                   "its head (old classes lose more accuracy than with real support; docs/heads.md).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def add(model: Path, data: Path, out: Path, replace: bool, l2: float | None, exemplars: int | None, seed: int) -> None:
+def add(model: Path, data: Path, out: Path, replace: bool, l2: float | None, exemplars: int | None,
+        synthetic_support: bool, seed: int) -> None:
     """Train a head over MODEL's classes plus the new ones in DATA and write the bundle OUT.
 
     The backbone file is copied byte for byte; the old classes are kept through MODEL's
@@ -43,11 +47,16 @@ def add(model: Path, data: Path, out: Path, replace: bool, l2: float | None, exe
         opts["l2"] = l2
     if exemplars is not None:
         opts["exemplars"] = exemplars
+    if synthetic_support:
+        opts["synthetic_support"] = True
     b = add_head(model, data, out, replace=replace, seed=seed, **opts)
     p = b.manifest["parent"]
     tr = b.manifest["training"]
     m = tr["metrics"]
     kept = len(b.classes) - len(p["classes_added"])
+    if tr["fit"].get("synthetic_support_classes"):
+        click.echo(f"  warning: old classes kept through SYNTHETIC support ({tr['fit']['synthetic_support_classes']} "
+                   "classes; see docs/heads.md)")
     click.echo(f"{out}: model {b.model_id}: {kept} kept + {len(p['classes_added'])} new classes "
                f"({', '.join(p['classes_added'][:8])}{', …' if len(p['classes_added']) > 8 else ''})"
                f"{'; replaced the head' if p['replaced'] else ''}")
