@@ -698,7 +698,10 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
     parent_training = bundle.manifest.get("training") or {}
     training = {
         "method": "head-swap (replace)" if replace else "head-swap (add)",
-        "data": {"path": d.where, "sha256": d.sha256, "spectra": d.total, "used": int(d.features.shape[0]),
+        "data": {"path": d.where, "sha256": d.sha256,
+                 # a Dataset may be a subset of its file: path/sha256 then name the source, not the rows
+                 "source": "dataset object (rows may be a subset of the file)" if isinstance(data, Dataset) else "file",
+                 "spectra": d.total, "used": int(d.features.shape[0]),
                  "skipped_nonfinite": len(d.skipped), "skipped_rows": d.skipped[:100], "classes": len(new_classes)},
         "fit": {"l2": fit_kw.get("l2", DEFAULT_L2), "class_weight": fit_kw.get("class_weight", "balanced"),
                 "exemplars_per_class": per_class, "gaussian_per_old_class": gaussian, "folds": n_folds,
