@@ -650,6 +650,9 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
     old_classes = [] if replace else bundle.classes
     _check_classes(new_classes, old_classes, d.where, bundle)
     classes = old_classes + new_classes
+    if len(classes) < 2:
+        raise InputError(f"{d.where}: holds one class ({classes[0]!r}); a head needs at least two "
+                         "(without --replace the parent's classes count)")
     index = {c: i for i, c in enumerate(classes)}
     new_y = np.array([index[c] for c in d.labels], np.int64)
     small = [c for c in new_classes if (d.labels == c).sum() < 2]
@@ -679,9 +682,14 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
             held_y.append(new_y[test])
         if held_y:
             hl, hy = np.concatenate(held_logits), np.concatenate(held_y)
-            temperature = fit_temperature(hl, hy)
-            t_source = f"fitted on {hy.size} held-out new spectra ({n_folds}-fold cross-fitting)"
             metrics.update(heldout_spectra=int(hy.size), heldout_top1=float((hl.argmax(1) == hy).mean()))
+            if metrics["heldout_top1"] == 1.0:
+                # every held-out spectrum right: the NLL falls as T -> 0, so the fit would only
+                # find its search bound and make the whole head (old classes too) overconfident
+                t_source = f"default (all {hy.size} held-out new spectra correct: T is not determined)"
+            else:
+                temperature = fit_temperature(hl, hy)
+                t_source = f"fitted on {hy.size} held-out new spectra ({n_folds}-fold cross-fitting)"
         else:
             t_source = "default (no class has 2 spectra to hold one out)"
     w, b = fit(d.features, new_y)

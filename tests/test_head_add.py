@@ -266,3 +266,15 @@ def test_synthetic_support_keeps_old_classes_better_than_nothing(world: dict) ->
     assert load_support(out).meta["synthetic_classes"] == OLD
     assert accuracy(out, world["parts"]["old_test"]) >= 0.6
     assert accuracy(out, world["parts"]["new_test"]) >= 0.8
+
+
+def test_one_class_replace_is_refused_and_perfect_heldout_keeps_t_at_one(world: dict) -> None:
+    x, y, axis = world["parts"]["new_train"]
+    one = Dataset(x[y == NEW[0]], y[y == NEW[0]], axis, path=Path("one.npz"))
+    with pytest.raises(InputError, match="one.npz: holds one class"):
+        add_head(world["bare"], one, world["dir"] / "x", replace=True)
+    # the synthetic new minerals are easy: every held-out spectrum is right, T stays 1.0
+    out = add_head(world["parent"], one, world["dir"] / "one_child")
+    tr = out.manifest["training"]
+    assert tr["metrics"]["heldout_top1"] == 1.0
+    assert out.temperature == 1.0 and "not determined" in tr["temperature_source"]

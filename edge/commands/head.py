@@ -57,9 +57,11 @@ def add(model: Path, data: Path, out: Path, replace: bool, l2: float | None, exe
     if tr["fit"].get("synthetic_support_classes"):
         click.echo(f"  warning: old classes kept through SYNTHETIC support ({tr['fit']['synthetic_support_classes']} "
                    "classes; see docs/heads.md)")
-    click.echo(f"{out}: model {b.model_id}: {kept} kept + {len(p['classes_added'])} new classes "
-               f"({', '.join(p['classes_added'][:8])}{', …' if len(p['classes_added']) > 8 else ''})"
-               f"{'; replaced the head' if p['replaced'] else ''}")
+    names = f"({', '.join(p['classes_added'][:8])}{', …' if len(p['classes_added']) > 8 else ''})"
+    if p["replaced"]:
+        click.echo(f"{out}: model {b.model_id}: head replaced by one over {len(b.classes)} classes {names}")
+    else:
+        click.echo(f"{out}: model {b.model_id}: {kept} kept + {len(p['classes_added'])} new classes {names}")
     click.echo(f"  backbone {p['backbone_sha256'][:16]}… unchanged (parent {p['model_id']}); "
                f"{tr['data']['used']} spectra used, {tr['data']['skipped_nonfinite']} skipped (NaN/inf)")
     if "heldout_top1" in m:
