@@ -588,7 +588,8 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
     seed : int
         Seeds the folds of the temperature fit and any Gaussian draws.
     **fit_options
-        Passed to :func:`fit_softmax_head` (``l2``, ``class_weight``, ``max_iter``, ``tol``), plus
+        Passed to :func:`fit_softmax_head` (``l2``, ``class_weight``, ``max_iter``, ``tol``; not
+        ``sample_weight``), plus
         ``exemplars`` (per class kept in the new support, default :data:`DEFAULT_EXEMPLARS`),
         ``gaussian`` (extra draws per old class from its support statistics, default 0),
         ``folds`` (cross-fitting folds for the held-out temperature and accuracy, default 3; 0 = T 1.0),
@@ -617,7 +618,8 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
     import scipy
 
     opts = {k: fit_options.pop(k) for k in _ADD_OPTIONS if k in fit_options}
-    unknown = set(fit_options) - {"l2", "class_weight", "max_iter", "tol", "sample_weight"}
+    # sample_weight is not passed on: the fit's rows are the new spectra plus the support's exemplars
+    unknown = set(fit_options) - {"l2", "class_weight", "max_iter", "tol"}
     if unknown:
         raise ConfigError(f"add_head: unknown option(s) {sorted(unknown)}")
     per_class = int(opts.get("exemplars", DEFAULT_EXEMPLARS))
@@ -642,13 +644,13 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
                 "old-class features from the model's head (weaker, docs/heads.md); or use --replace for a head "
                 "over the new classes alone")
     d = _load_data(data, bundle)
+    new_classes = sorted(set(d.labels.tolist()))
+    old_classes = [] if replace else bundle.classes
+    _check_classes(new_classes, old_classes, d.where, bundle)
     old_source = None if replace else "bundle"
     if old_support is None and synthetic and not replace:
         old_support = synthesize_support(bundle, d.features, seed=seed)
         old_source = "synthetic (inverted from the parent's head)"
-    new_classes = sorted(set(d.labels.tolist()))
-    old_classes = [] if replace else bundle.classes
-    _check_classes(new_classes, old_classes, d.where, bundle)
     classes = old_classes + new_classes
     if len(classes) < 2:
         raise InputError(f"{d.where}: holds one class ({classes[0]!r}); a head needs at least two "
