@@ -310,6 +310,44 @@ def install_head_file(registry: Any, path: str | Path, trusted_keys: Any = None,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def verify_head_file(path: str | Path, parent: str | Path, trusted_keys: Any = None,
+                     allow_unsigned: bool = False) -> tuple[Any, Any]:
+    """Check a head file as a rover holding ``parent`` would, without a registry (ground side).
+
+    Composes the bundle from ``parent``'s backbone in a temporary directory and applies the
+    trust policy and the full load (:func:`edge.signing.load_trusted_bundle`).
+
+    Returns
+    -------
+    (edge.bundle.Bundle, edge.signing.SignatureInfo)
+        The bundle points into a removed temporary directory: use its manifest, not its files.
+
+    Raises
+    ------
+    BundleError
+        As :func:`install_head_file`; also when ``parent`` has another backbone.
+    """
+    from calibration.dataset import file_sha256
+
+    from .signing import as_trusted_keys, load_trusted_bundle
+
+    p = Path(path)
+    hf = read_head_file(p)
+    pb = load_bundle(parent)
+    if file_sha256(pb.backbone_path) != hf.backbone_sha256:
+        raise BundleError(f"{p}: needs the backbone sha256 {hf.backbone_sha256[:16]}…, {parent} has "
+                          f"{pb.manifest['files']['backbone']['sha256'][:16]}… (not its parent)")
+    with tempfile.TemporaryDirectory(prefix=".head-verify-") as tmp:
+        root = Path(tmp)
+        for name, data in hf.members.items():
+            (root / name).write_bytes(data)
+        shutil.copyfile(pb.backbone_path, root / hf.manifest["files"]["backbone"]["path"])
+        try:
+            return load_trusted_bundle(root, as_trusted_keys(trusted_keys), allow_unsigned)
+        except RamanEdgeError as e:
+            raise type(e)(f"{p}: head file refused: {str(e).replace(str(root), f'{p}[composed]')}") from None
+
+
 def describe_head_file(path: str | Path) -> dict[str, Any]:
     """Index, sizes and signature status of a head file (no trust decision)."""
     hf = read_head_file(path)
@@ -319,5 +357,6 @@ def describe_head_file(path: str | Path) -> dict[str, Any]:
             "signed": hf.signed, "members": {n: len(v) for n, v in hf.members.items()}}
 
 
-__all__ = ["HeadFile", "ExportInfo", "export_head", "read_head_file", "install_head_file", "find_backbone",
+__all__ = ["HeadFile", "ExportInfo", "export_head", "read_head_file", "install_head_file", "verify_head_file",
+           "find_backbone",
            "is_head_file", "describe_head_file", "HEADFILE_FORMAT", "HEADFILE_VERSION"]

@@ -249,3 +249,27 @@ def test_head_fit_is_deterministic(world: dict, tmp_path: Path) -> None:
     assert a.model_id == b.model_id
     assert a.temperature == b.temperature
     np.testing.assert_array_equal(np.load(a.part_path("support"))["exemplars"], np.load(b.part_path("support"))["exemplars"])
+
+
+def test_ground_verify_of_a_head_file(world: dict, tmp_path: Path) -> None:
+    r = CliRunner()
+    args = ["head", "verify", str(world["head"].path), "--parent", str(world["parent"].path)]
+    res = r.invoke(main, args + ["--trusted-keys", str(world["key"].public)])
+    assert res.exit_code == 0 and "OK: model" in res.output and "signed" in res.output, res.output
+    res = r.invoke(main, args + ["--trusted-keys", str(world["other"].public)])
+    assert res.exit_code == 1 and "unknown key id" in res.output
+    res = r.invoke(main, ["head", "verify", str(world["head"].path), "--parent", str(world["dir"] / "bare"),
+                          "--trusted-keys", str(world["key"].public)])
+    assert res.exit_code == 0, res.output  # the bare bundle has the same backbone
+    from calibration.preprocess import DEFAULT_SPEC
+    from edge.bundle import write_bundle
+    from edge.head import linear_head_onnx
+    from edge.headfile import verify_head_file
+
+    from .head_helpers import binning_backbone
+
+    other = write_bundle(tmp_path / "other", backbone_onnx=binning_backbone(16), head_onnx=linear_head_onnx(
+        np.zeros((2, 16)), np.zeros(2)), classes=["a", "b"], preprocessing=DEFAULT_SPEC, feature_size=16,
+        architecture={"name": "bins", "params": {}}, training={})
+    with pytest.raises(BundleError, match="not its parent"):
+        verify_head_file(world["head"].path, other.path, world["key"].public)

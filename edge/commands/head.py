@@ -108,6 +108,22 @@ def export(model: Path, out: Path, key_path: Path | None, unsigned: bool) -> Non
 
 @head.command()
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--parent", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="The parent bundle (the backbone the rover holds).")
+@click.option("--trusted-keys", type=click.Path(path_type=Path, exists=True), multiple=True,
+              envvar="RAMAN_EDGE_TRUSTED_KEYS", show_envvar=True, help="Trusted key file or directory; repeatable.")
+@click.option("--allow-unsigned", is_flag=True, help="DEVELOPMENT ONLY: accept an unsigned head file.")
+def verify(file: Path, parent: Path, trusted_keys: tuple[Path, ...], allow_unsigned: bool) -> None:
+    """Check FILE as a rover holding PARENT would (signature, hashes, graphs) before uplinking it."""
+    from edge.headfile import verify_head_file
+
+    b, info = verify_head_file(file, parent, list(trusted_keys), allow_unsigned)
+    click.echo(f"{file}: OK: model {b.model_id}, {len(b.classes)} classes on backbone "
+               f"{b.manifest['files']['backbone']['sha256'][:16]}…; {info.describe()}")
+
+
+@head.command()
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 def show(file: Path) -> None:
     """Describe a head file: model, parent backbone, classes, members, signature (no trust decision)."""
     import json
