@@ -6,6 +6,7 @@ Usage (from the repository root)::
     python benchmarks/cv_soysal.py --quick         # smoke test (2 folds, 2 epochs), not saved by default
     python benchmarks/cv_soysal.py --sweep         # candidate architectures -> results/cv_soysal_sweep.json
     python benchmarks/cv_soysal.py --set pool=2 --set dense=64   # one variant
+    python benchmarks/cv_soysal.py --aug p_spikes=0.3 --out results/cv_soysal_aug.json   # augmentation options
 
 Both classifiers see the same folds (``StratifiedKFold(shuffle=True, random_state=seed)``).
 
@@ -145,7 +146,9 @@ def run_cv(dataset: Dataset, config: Any, folds: int, seed: int, knn: bool = Tru
     return out
 
 
-def make_config(overrides: dict[str, Any], epochs: int | None, seed: int, threads: int) -> Any:
+def make_config(overrides: dict[str, Any], epochs: int | None, seed: int, threads: int,
+                aug: tuple[str, ...] = ()) -> Any:
+    from trainer.augment import parse_augment_options
     from trainer.train import TrainConfig
 
     known = {f.name: f for f in fields(TrainConfig)}
@@ -158,6 +161,8 @@ def make_config(overrides: dict[str, Any], epochs: int | None, seed: int, thread
         kw["epochs"] = epochs
     kw.setdefault("seed", seed)
     kw.setdefault("threads", threads)
+    if aug:  # augmentation options as `raman-edge train --aug NAME=VALUE` reads them
+        kw["augment_config"] = parse_augment_options(aug)
     return TrainConfig(**kw).check()
 
 
@@ -212,13 +217,15 @@ def _provenance(data: Path, folds: int, seed: int, threads: int) -> dict[str, An
               help="Epoch budget per fold (default: the train command's).")
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True, help="Torch threads.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a TrainConfig field.")
+@click.option("--aug", "aug", multiple=True, metavar="NAME=VALUE",
+              help="Augmentation option, as `raman-edge train --aug` (repeatable; docs/augmentation.md).")
 @click.option("--sweep", is_flag=True, help="Compare the SWEEP architectures (CNN only) instead.")
 @click.option("--resume", is_flag=True, help="With --sweep: reuse results in --out for identical configs.")
 @click.option("--quick", is_flag=True, help="Smoke test: 2 folds, 2 epochs; writes nothing unless --out.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON output (default results/cv_soysal.json, or cv_soysal_sweep.json with --sweep).")
 def main(data: Path, folds: int, seed: int, epochs: int | None, threads: int, sets: tuple[str, ...],
-         sweep: bool, resume: bool, quick: bool, out: Path | None) -> None:
+         aug: tuple[str, ...], sweep: bool, resume: bool, quick: bool, out: Path | None) -> None:
     """Cross-validate the default CNN and a 1-NN baseline on raw_train.npz."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("trainer").setLevel(logging.WARNING)
@@ -242,7 +249,7 @@ def main(data: Path, folds: int, seed: int, epochs: int | None, threads: int, se
     t0 = time.perf_counter()
     results, rows = [], []
     for i, variant in enumerate(variants):
-        config = make_config(variant, epochs, seed, threads)
+        config = make_config(variant, epochs, seed, threads, aug)
         if config.arch == "liu":
             params = parameter_count(1392, n_classes, config.pool, config.n_pool, config.dense)
             label = f"liu m={config.pool} n={config.n_pool} dense={config.dense}"
@@ -255,6 +262,8 @@ def main(data: Path, folds: int, seed: int, epochs: int | None, threads: int, se
         extra = {k: v for k, v in variant.items() if k not in ("pool", "n_pool", "dense", "arch")}
         if extra:
             label += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+        if aug:
+            label += " aug " + " ".join(aug)
         key = json.dumps(config.to_dict(), sort_keys=True)
         if key in previous:
             entry = previous[key]
