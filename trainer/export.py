@@ -142,6 +142,11 @@ def save_bundle(out_dir: str | Path, result: TrainResult, dataset: Dataset, *, c
                           preprocessing=result.preprocessing, feature_size=model.feature_size,
                           architecture={"name": arch_of(model), "params": params}, training=training,
                           temperature=result.temperature)
+    # The support part (per-class backbone-feature statistics and exemplars of the training spectra)
+    # lets `raman-edge head add` extend this model later without the training data (docs/heads.md).
+    from edge.head import add_support
+
+    bundle = add_support(bundle, dataset, out_dir)
     log.info("wrote bundle %s (%s) to %s", bundle.model_id, ", ".join(f"{k}={v:.1e}" for k, v in diff.items()),
              bundle.path)
     return bundle
