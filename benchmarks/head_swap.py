@@ -123,7 +123,8 @@ def train_backbone(ds: Dataset, out: Path, seed: int, threads: int, epochs: int 
 
 
 def run_draw(ds: Dataset, c: int, draw: int, work: Path, *, threads: int, epochs: int | None,
-             add_head: AddHead, add_support: AddSupport, command: str) -> dict[str, Any]:
+             add_head: AddHead, add_support: AddSupport, command: str, fit: dict[str, Any] | None = None,
+             keep: bool = False) -> dict[str, Any]:
     """One draw of one ``c``: backbone on old classes, head swaps over 5 folds of the new ones."""
     classes = ds.classes
     new = draw_new_classes(classes, c, draw)
@@ -132,11 +133,22 @@ def run_draw(ds: Dataset, c: int, draw: int, work: Path, *, threads: int, epochs
     old_split = random_split(ds.labels[old_idx], OLD_TEST_FRACTION, seed=draw)
     old_train, old_test = ds.subset(old_idx[old_split.train]), ds.subset(old_idx[old_split.test])
 
-    parent_dir = work / f"c{c}-d{draw}-backbone"
-    bundle, bb_info = train_backbone(old_train, parent_dir, draw, threads, epochs, command)
-    t0 = time.perf_counter()
-    parent = add_support(bundle, old_train, parent_dir)
-    bb_info["support_seconds"] = round(time.perf_counter() - t0, 2)
+    parent_dir = work / f"c{c}-d{draw}-e{epochs or 'default'}-backbone"
+    info_file = work / f"{parent_dir.name}.json"
+    if keep and info_file.exists() and parent_dir.is_dir():
+        # a backbone kept by an earlier run with --work: same data, c, draw and epoch cap
+        cached = json.loads(info_file.read_text())
+        if cached.get("old_train_labels") != old_train.labels.tolist():
+            raise click.ClickException(f"{info_file}: kept backbone was trained on other spectra; remove {work}")
+        parent, bb_info = load_bundle(parent_dir), cached["info"]
+        bb_info["reused"] = True
+    else:
+        bundle, bb_info = train_backbone(old_train, parent_dir, draw, threads, epochs, command)
+        t0 = time.perf_counter()
+        parent = add_support(bundle, old_train, parent_dir)
+        bb_info["support_seconds"] = round(time.perf_counter() - t0, 2)
+        if keep:
+            info_file.write_text(json.dumps({"info": bb_info, "old_train_labels": old_train.labels.tolist()}))
     old_ok_parent, _ = accuracy(parent, old_test)
 
     new_ds = ds.subset(new_idx)
@@ -153,7 +165,7 @@ def run_draw(ds: Dataset, c: int, draw: int, work: Path, *, threads: int, epochs
         for replace in (True, False):
             t1 = time.perf_counter()
             out = add_head(parent, train_part, work / f"c{c}-d{draw}-f{f}-{'replace' if replace else 'joint'}",
-                           replace=replace, seed=draw)
+                           replace=replace, seed=draw, **(fit or {}))
             swap_seconds.append(time.perf_counter() - t1)
             if out.manifest["files"]["backbone"]["sha256"] != backbone_sha:
                 raise click.ClickException(f"{out.path}: head swap changed the backbone")
@@ -185,7 +197,8 @@ def run_draw(ds: Dataset, c: int, draw: int, work: Path, *, threads: int, epochs
     log.info("c=%d draw %d: parent old %.3f | replace new %.3f | joint new %.3f old %.3f all %.3f "
              "(backbone %.0f s, %d epochs)", c, draw, row["parent_old"], row["replace_new"], row["joint_new"],
              row["joint_old"], row["joint_all"], bb_info["seconds"], bb_info["epochs_run"])
-    shutil.rmtree(parent_dir, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(parent_dir, ignore_errors=True)
     return row
 
 
@@ -247,11 +260,15 @@ def _cs(value: str) -> tuple[int, ...]:
 @click.option("--epochs", type=click.IntRange(1, 100000), default=None,
               help="Cap on backbone training epochs (default: the recipe's 300 with early stopping).")
 @click.option("--quick", is_flag=True, help="Smoke run: c = 5 (or --cs), one draw, 2 epochs.")
+@click.option("--fit", "fit_opts", multiple=True, metavar="KEY=VALUE",
+              help="Option passed to edge.head.add_head (l2, exemplars, gaussian, folds, ...); default: its own.")
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the trained backbones here and reuse them on the next run (e.g. to compare --fit options).")
 @click.option("--resume", is_flag=True, help="Keep rows already in --out for the same (c, draw, epochs).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS / "head_swap.json",
               show_default=True)
 def main(data: Path, cs_text: str, draws: int, first_draw: int, threads: int, epochs: int | None, quick: bool,
-         resume: bool, out: Path) -> None:
+         fit_opts: tuple[str, ...], work: Path | None, resume: bool, out: Path) -> None:
     """Hold c classes out of the backbone, add them by head swap, report new/old/all accuracy."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("trainer").setLevel(logging.WARNING)
@@ -260,6 +277,15 @@ def main(data: Path, cs_text: str, draws: int, first_draw: int, threads: int, ep
     if not data.exists():
         raise click.ClickException(f"{data} not found (see ../shared/data/README.md)")
     cs = _cs(cs_text)
+    fit = {}
+    for item in fit_opts:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: KEY=VALUE expected", param_hint="--fit")
+        try:
+            fit[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            fit[key.strip()] = value
     if quick:
         draws, epochs = 1, 2 if epochs is None else epochs
         cs = cs if cs_text != ",".join(map(str, CS)) else (5,)
@@ -271,7 +297,7 @@ def main(data: Path, cs_text: str, draws: int, first_draw: int, threads: int, ep
     rows: list[dict[str, Any]] = []
     if resume and out.exists():
         prev = json.loads(out.read_text())
-        if prev.get("settings", {}).get("epochs") == epochs:
+        if prev.get("settings", {}).get("epochs") == epochs and prev["settings"].get("fit", {}) == fit:
             rows = [r for r in prev.get("rows", []) if r["c"] in cs]
     t_start = time.perf_counter()
     load_start = list(os.getloadavg())
@@ -286,7 +312,7 @@ def main(data: Path, cs_text: str, draws: int, first_draw: int, threads: int, ep
             "data": {"path": str(data), "sha256": file_sha256(data), "spectra": len(ds), "classes": len(ds.classes)},
             "protocol": (__doc__ or "").split("Protocol, ", 1)[-1].split("Paper (Table 11)")[0].strip(),
             "settings": {"cs": list(cs), "draws": draws, "first_draw": first_draw, "threads": threads,
-                         "epochs": epochs, "quick": quick, "old_test_fraction": OLD_TEST_FRACTION,
+                         "epochs": epochs, "quick": quick, "fit": fit, "old_test_fraction": OLD_TEST_FRACTION,
                          "new_folds": NEW_FOLDS},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": load_start,
                         "loadavg_end": list(os.getloadavg())},
@@ -303,12 +329,15 @@ def main(data: Path, cs_text: str, draws: int, first_draw: int, threads: int, ep
 
     done = {(r["c"], r["draw"]) for r in rows}
     with tempfile.TemporaryDirectory(prefix="head_swap.") as tmp:
+        if work is not None:
+            work.mkdir(parents=True, exist_ok=True)
         for draw in range(first_draw, first_draw + draws):
             for c in cs:
                 if (c, draw) in done:
                     continue
-                rows.append(run_draw(ds, c, draw, Path(tmp), threads=threads, epochs=epochs, add_head=add_head,
-                                     add_support=add_support, command=command))
+                rows.append(run_draw(ds, c, draw, work or Path(tmp), threads=threads, epochs=epochs,
+                                     add_head=add_head, add_support=add_support, command=command, fit=fit,
+                                     keep=work is not None))
                 write()  # partial results survive an interrupted run
     result = write()
     print_table(result["summary"])

@@ -211,20 +211,21 @@ class ReferenceMatcher:
 
     def similarities(self, features: np.ndarray) -> np.ndarray:
         """``(N, k)`` cosine similarities of backbone features with every reference (ONNX Runtime)."""
-        return self._run(features)[0]
+        return self._run(features, [MATCHER_SIMILARITY])[0]
 
-    def _run(self, features: np.ndarray) -> list[np.ndarray]:
+    def _run(self, features: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         f = np.ascontiguousarray(features, dtype=np.float32)
         if f.ndim == 1:
             f = f[None, :]
         if f.ndim != 2 or f.shape[1] != self.bundle.feature_size:
             raise SpectrumError(f"matcher input has shape {f.shape}; expected (n, {self.bundle.feature_size}) "
                                 "backbone features")
-        return self.session.run(None, {MATCHER_INPUT: f})
+        return self.session.run(outputs, {MATCHER_INPUT: f})
 
     def match_features(self, features: np.ndarray) -> list[Match]:
         """Top-k distinct classes for backbone features ``(n, F)``."""
-        _, scores, indices = self._run(features)
+        # Fetch only the TopK outputs: copying the (n, k) similarity matrix out would cost O(k) for nothing.
+        scores, indices = self._run(features, [MATCHER_SCORES, MATCHER_INDICES])
         out = []
         for s_row, i_row in zip(scores, indices):
             seen: dict[str, tuple[float, int]] = {}

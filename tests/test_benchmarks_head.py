@@ -59,7 +59,9 @@ def test_head_latency_quick(tmp_path: Path) -> None:
 def test_head_swap_quick(tmp_path: Path) -> None:
     data = make_npz(tmp_path / "four.npz", n_per_class=5, seed=3)
     out = tmp_path / "hs.json"
-    _run(["benchmarks/head_swap.py", "--quick", "--cs", "2", "--data", str(data), "--out", str(out)])
+    work = tmp_path / "work"
+    _run(["benchmarks/head_swap.py", "--quick", "--cs", "2", "--data", str(data), "--out", str(out),
+          "--work", str(work)])
     res = json.loads(out.read_text())
     for key in ("command", "protocol", "settings", "rows", "summary", "paper", "data"):
         assert key in res
@@ -75,6 +77,16 @@ def test_head_swap_quick(tmp_path: Path) -> None:
     # all = every test spectrum once: between the old and the new accuracy
     lo, hi = sorted((row["joint_old"], row["joint_new"]))
     assert lo - 1e-9 <= row["joint_all"] <= hi + 1e-9
+    assert "reused" not in row["backbone"]
+    # a second run with other head options reuses the kept backbone (no training) and records the options
+    out2 = tmp_path / "hs2.json"
+    _run(["benchmarks/head_swap.py", "--quick", "--cs", "2", "--data", str(data), "--out", str(out2),
+          "--work", str(work), "--fit", "l2=0.01"])
+    res2 = json.loads(out2.read_text())
+    assert res2["settings"]["fit"] == {"l2": 0.01}
+    (row2,) = res2["rows"]
+    assert row2["backbone"]["reused"] is True and row2["backbone"]["model_id"] == row["backbone"]["model_id"]
+    assert row2["parent_old"] == row["parent_old"]
 
 
 def test_head_swap_draws_are_nested_and_seeded() -> None:
