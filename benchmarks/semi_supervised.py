@@ -207,6 +207,24 @@ def _result(args: argparse.Namespace, base: TrainConfig, semi: SemiConfig, runs:
     }
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """Top-1 mean ± std (n repeats) per method and fraction, the paper's figure beside it."""
+    fractions = sorted({int(f) for rows in result["summary"].values() for f in rows})
+    lines = ["| method | " + " | ".join(f"{f} %" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for method, rows in result["summary"].items():
+        paper = PAPER.get(method)
+        cells = []
+        for f in fractions:
+            v = rows.get(str(f))
+            cell = f"{v['top1_mean']:.3f} ± {v['top1_std']:.3f} (n={v['n']})" if v else "–"
+            if paper:
+                cell += f" [paper {paper[FRACTIONS.index(f)]}]"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DATA)
@@ -225,7 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-epochs", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="1 repeat, 10 and 40 %%, 2 epochs of everything (tests)")
+    p.add_argument("--table", type=Path, metavar="RESULT.json", help="print the markdown table of a result, exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
     args.sgan_epochs = args.epochs if args.sgan_epochs is None else args.sgan_epochs
     args.sgan_patience = args.patience if args.sgan_patience is None else args.sgan_patience
     if args.quick:

@@ -505,6 +505,9 @@ def train_linear_head(model: nn.Module, data: _Data, config: TrainConfig, pre: P
                       epochs: int) -> tuple[list[EpochLog], int]:
     """Train ``model.head`` on the frozen backbone (eval mode) with augmented labelled spectra.
 
+    Adam at 3x ``config.lr``: a single linear layer on fixed features tolerates (and needs, in
+    ``head_epochs``) a larger step than the whole network.
+
     Returns the history and the best epoch (validation loss; training loss without a validation split);
     the best head weights are restored.
     """
