@@ -73,12 +73,46 @@ class Classifier:
         return softmax(self.logits(x), self._temperature)
 
     def top(self, proba: np.ndarray) -> list[Prediction]:
-        """Top-k predictions from a ``(n, K)`` probability matrix."""
-        order = np.argsort(-proba, axis=1, kind="stable")[:, : self.top_k]
+        """Top-k predictions from a ``(n, K)`` probability (or logit) matrix."""
+        order = top_indices(proba, self.top_k)
         return [
             Prediction(tuple(self.classes[o].tolist()), tuple(float(p) for p in proba[i, o]))
             for i, o in enumerate(order)
         ]
 
     def classify(self, x: np.ndarray) -> list[Prediction]:
-        return self.top(self.predict_proba(x))
+        """Top-k predictions for preprocessed spectra ``(n, points)``.
+
+        Selects the top k on the logits (softmax is monotonic) and normalises only
+        those, so the work after the head's matrix product is one pass of ``exp``
+        over the K logits: the cost stays flat as heads grow to thousands of classes
+        (BENCHMARKS.md, "Constant time").
+        """
+        z = self.logits(x)
+        if self._temperature != 1.0:
+            z = z / np.float32(self._temperature)
+        order = top_indices(z, self.top_k)
+        zmax = np.take_along_axis(z, order[:, :1], axis=1).astype(np.float64)  # the top-1 logit is the maximum
+        total = np.exp(z - zmax.astype(z.dtype)).sum(axis=1, dtype=np.float64)
+        probs = np.exp(np.take_along_axis(z, order, axis=1).astype(np.float64) - zmax) / total[:, None]
+        return [Prediction(tuple(self.classes[o].tolist()), tuple(float(p) for p in probs[i]))
+                for i, o in enumerate(order)]
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices ``(n, k)`` of the k largest scores per row, largest first, ties by lower index.
+
+    ``argpartition`` then a sort of the k chosen: O(K) rather than the O(K log K) of a full sort.
+    """
+    scores = np.asarray(scores)
+    n_cls = scores.shape[1]
+    k = max(1, min(int(k), n_cls))
+    if n_cls <= 4 * k:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # the k-th largest score of each row
+    out = np.empty((scores.shape[0], k), dtype=np.intp)
+    for i, (row, t) in enumerate(zip(scores, kth)):
+        above = np.flatnonzero(row > t)
+        cand = np.concatenate([above, np.flatnonzero(row == t)[: k - above.size]])  # ties: lower index first
+        out[i] = cand[np.lexsort((cand, -row[cand]))]
+    return out
