@@ -295,10 +295,14 @@ def main(data: Path, cs_text: str, draws: int, first_draw: int, threads: int, ep
                                  param_hint="--cs")
     command = " ".join(["python", "benchmarks/head_swap.py", *sys.argv[1:]])
     rows: list[dict[str, Any]] = []
+    commands = [command]
+    seconds_before = 0.0
     if resume and out.exists():
         prev = json.loads(out.read_text())
         if prev.get("settings", {}).get("epochs") == epochs and prev["settings"].get("fit", {}) == fit:
             rows = [r for r in prev.get("rows", []) if r["c"] in cs]
+            commands = [*prev.get("commands", [prev.get("command")]), command]
+            seconds_before = float(prev.get("seconds_total", prev.get("seconds", 0.0)))
     t_start = time.perf_counter()
     load_start = list(os.getloadavg())
 
@@ -307,11 +311,11 @@ def main(data: Path, cs_text: str, draws: int, first_draw: int, threads: int, ep
         import torch
 
         result = {
-            "benchmark": "head_swap", "command": command,
+            "benchmark": "head_swap", "command": command, "commands": commands,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "data": {"path": str(data), "sha256": file_sha256(data), "spectra": len(ds), "classes": len(ds.classes)},
             "protocol": (__doc__ or "").split("Protocol, ", 1)[-1].split("Paper (Table 11)")[0].strip(),
-            "settings": {"cs": list(cs), "draws": draws, "first_draw": first_draw, "threads": threads,
+            "settings": {"cs": list(cs), "draws": sorted({r["draw"] for r in rows}), "threads": threads,
                          "epochs": epochs, "quick": quick, "fit": fit, "old_test_fraction": OLD_TEST_FRACTION,
                          "new_folds": NEW_FOLDS},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": load_start,
@@ -322,6 +326,7 @@ def main(data: Path, cs_text: str, draws: int, first_draw: int, threads: int, ep
             "goal_new": {str(c): v for c, v in GOAL_NEW.items()},
             "rows": rows, "summary": summary(rows, cs),
             "seconds": round(time.perf_counter() - t_start, 1),
+            "seconds_total": round(seconds_before + time.perf_counter() - t_start, 1),
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
