@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["calibration*", "firmware_bridge*", "edge*", "trainer*"]),
     package_data={
-        "edge": ["models/default/*.json", "models/default/*.onnx", "deploy/*"],
+        "edge": ["models/default/*.json", "models/default/*.onnx", "models/default/*.npz", "deploy/*"],
         "firmware_bridge": ["data/*.json"],
     },
     # The device install: what the daemon needs, nothing more (no torch).
