@@ -9,12 +9,9 @@ What is timed, per spectrum, end to end, exactly as the edge runs it:
 
 * **head path**: ``Pipeline.prepare`` (the bundle's shared preprocessing: despike,
   resample, normalise) then ``Classifier.classify`` (backbone ONNX session, head
-  ONNX session, softmax, top-3) — :mod:`edge.pipeline` and :mod:`edge.classifier`
+  ONNX session, top-3 chosen on the logits, their softmax probabilities) — :mod:`edge.pipeline` and :mod:`edge.classifier`
   themselves, with a head of ``K`` classes written by
   :func:`edge.head.linear_head_onnx` from random weights;
-* **head path, partial top-k**: the same with the top-3 chosen by
-  ``numpy.argpartition`` instead of a full ``argsort`` over ``K`` (a proposed
-  change to ``Classifier.top``; shown because the full sort is what grows);
 * **reference matcher** (:class:`edge.matcher.ReferenceMatcher`, the Siamese /
   reference-matching approach Soysal et al. argue against): the same preprocessing
   and backbone, then cosine similarity with ``k`` stored reference embeddings
@@ -86,7 +83,7 @@ log = logging.getLogger("head_latency")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One timed configuration: ``path`` is head | head-partial | matcher."""
+    """One timed configuration: ``path`` is head | matcher."""
 
     path: str
     classes: int
@@ -104,7 +101,7 @@ class Config:
     def label(self) -> str:
         if self.path == "matcher":
             return f"matcher, {self.refs_per_class} ref/class"
-        return "head" if self.path == "head" else "head, partial top-k"
+        return "head"
 
     @classmethod
     def parse(cls, key: str) -> "Config":
@@ -126,22 +123,6 @@ def ort_session(model: bytes | str) -> Any:
 def single_thread_bundle(bundle: Bundle) -> Bundle:
     """The bundle with its backbone re-opened on one thread (``load_bundle`` uses Runtime's default)."""
     return dataclasses.replace(bundle, backbone_session=ort_session(str(bundle.backbone_path)))
-
-
-class PartialTopClassifier(Classifier):
-    """``Classifier`` whose top-k uses ``argpartition`` (O(K)) rather than a full ``argsort`` (O(K log K))."""
-
-    def top(self, proba: np.ndarray):  # type: ignore[override]
-        from edge.classifier import Prediction
-
-        k = self.top_k
-        part = np.argpartition(-proba, k - 1, axis=1)[:, :k] if proba.shape[1] > k else \
-            np.tile(np.arange(proba.shape[1]), (proba.shape[0], 1))
-        out = []
-        for i, cand in enumerate(part):
-            o = cand[np.argsort(-proba[i, cand], kind="stable")]
-            out.append(Prediction(tuple(self.classes[o].tolist()), tuple(float(p) for p in proba[i, o])))
-        return out
 
 
 def class_names(n: int) -> list[str]:
@@ -190,8 +171,6 @@ def build(cfg: Config, bundle: Bundle, seed: int) -> Callable[[Acquisition], Any
     swapped = dataclasses.replace(bundle, manifest={**bundle.manifest, "classes": names},
                                   head_session=ort_session(linear_head_onnx(w, b)))
     pipe = Pipeline(swapped, top_k=TOP_K)
-    if cfg.path == "head-partial":
-        pipe.classifier = PartialTopClassifier(swapped, top_k=TOP_K)
 
     def run_head(acq: Acquisition) -> Any:
         x, _ = pipe.prepare(acq)
@@ -267,7 +246,6 @@ def time_round_robin(runners: dict[str, Callable[[Acquisition], Any]], acqs: lis
 def stage_times(cfg: Config, run: Callable[[Acquisition], Any], acqs: list[Acquisition], calls: int) -> dict[str, float]:
     """p50 (µs) of each stage of ``cfg``'s path, timed separately on the same sessions."""
     from edge.bundle import BACKBONE_INPUT, HEAD_INPUT
-    from edge.classifier import softmax
 
     pipe, matcher = run.parts  # type: ignore[attr-defined]
     x = pipe.prepare(acqs[0])[0][None, :]
@@ -277,12 +255,9 @@ def stage_times(cfg: Config, run: Callable[[Acquisition], Any], acqs: list[Acqui
         "backbone": lambda: pipe.bundle.backbone_session.run(None, {BACKBONE_INPUT: x}),
     }
     if matcher is None:
-        clf = pipe.classifier
-        logits = pipe.bundle.head_session.run(None, {HEAD_INPUT: feats})[0]
-        proba = softmax(logits, clf.bundle.temperature)
+        # classify = backbone + head + what Classifier.classify does with the logits (top-k, softmax)
         stages.update({"head": lambda: pipe.bundle.head_session.run(None, {HEAD_INPUT: feats}),
-                       "softmax": lambda: softmax(logits, clf.bundle.temperature),
-                       "top_k": lambda: clf.top(proba)})
+                       "classify": lambda: pipe.classifier.classify(x)})
     else:
         stages.update({"match": lambda: matcher.session.run(["scores", "indices"], {"features": feats}),
                        "match_total": lambda: matcher.match_features(feats)})
@@ -431,8 +406,7 @@ def main(data: Path, repeats: int, warmup: int, block: int, max_seconds: float, 
     if quick:
         head_k, match_k, multi_k, refs_per_class = (10, 100), (10, 100), (10,), 2
         repeats, warmup, block = min(repeats, 30), min(warmup, 5), min(block, 10)
-    configs = ([Config("head", k) for k in head_k] + [Config("head-partial", k) for k in head_k]
-               + [Config("matcher", k) for k in match_k] + [Config("matcher", k, refs_per_class) for k in multi_k])
+    configs = ([Config("head", k) for k in head_k] + [Config("matcher", k) for k in match_k] + [Config("matcher", k, refs_per_class) for k in multi_k])
     bundle = single_thread_bundle(load_bundle())
     acqs, source = acquisitions(data, 64, seed)
     log.info("building %d configurations on %s (F=%d)", len(configs), bundle.model_id, bundle.feature_size)
@@ -443,12 +417,12 @@ def main(data: Path, repeats: int, warmup: int, block: int, max_seconds: float, 
     stages = {c.key: stage_times(c, runners[c.key], acqs, stage_calls) for c in configs}
     load_after = list(os.getloadavg())
     del runners
-    mem = {} if no_memory else memory([c for c in configs if c.path != "head-partial"], bundle.feature_size, seed)
+    mem = {} if no_memory else memory(configs, bundle.feature_size, seed)
 
     rows: list[dict[str, Any]] = []
     for c in configs:
         ms = times[c.key] / 1e6
-        m = mem.get(Config("head", c.classes).key if c.path == "head-partial" else c.key, {})
+        m = mem.get(c.key, {})
         rows.append({"path": c.path, "label": c.label, "classes": c.classes, "references": c.references,
                      "refs_per_class": c.refs_per_class if c.path == "matcher" else None,
                      "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
@@ -456,24 +430,28 @@ def main(data: Path, repeats: int, warmup: int, block: int, max_seconds: float, 
                      "onnx_bytes": m.get("onnx_bytes"), "weight_bytes": m.get("weight_bytes"),
                      "rss_delta_bytes": m.get("rss_delta_bytes")})
     head10 = next(r["p50_ms"] for r in rows if r["path"] == "head" and r["classes"] == min(head_k))
-    stage10 = next(sum(r["stages_p50_us"].values()) for r in rows if r["path"] == "head" and r["classes"] == min(head_k))
-    partial = {r["classes"]: r["p50_ms"] for r in rows if r["path"] == "head-partial"}
+    stage10 = next(r["stages_p50_us"]["preprocess"] + r["stages_p50_us"]["classify"] for r in rows
+                   if r["path"] == "head" and r["classes"] == min(head_k))
+    heads = {r["classes"]: r["p50_ms"] for r in rows if r["path"] == "head"}
     for r in rows:
-        st = dict(r["stages_p50_us"])
-        # stage sum: preprocess + backbone + (head + softmax + top_k | matcher incl. its Python side)
-        total = st["preprocess"] + st["backbone"] + (st["match_total"] if "match_total" in st else
-                                                     st["head"] + st["softmax"] + st["top_k"])
+        st = r["stages_p50_us"]
+        if "classify" in st:
+            # what Classifier.classify adds after the head's matrix product (top-k, softmax of those)
+            st["after_head"] = round(st["classify"] - st["backbone"] - st["head"], 2)
+            total = st["preprocess"] + st["classify"]
+        else:
+            total = st["preprocess"] + st["backbone"] + st["match_total"]
         r["stage_sum_us"] = round(total, 2)
         r["stage_sum_vs_head10"] = total / stage10 - 1.0
-        if r["path"] == "matcher" and r["classes"] in partial:
-            r["p50_vs_head_partial_same_classes"] = r["p50_ms"] / partial[r["classes"]] - 1.0
+        if r["path"] == "matcher" and r["classes"] in heads:
+            r["p50_vs_head_same_classes"] = r["p50_ms"] / heads[r["classes"]] - 1.0
     band = head10 * (1 + BAND)
     for r in rows:
         r["p50_vs_head10"] = r["p50_ms"] / head10 - 1.0
         r["within_band"] = bool(r["p50_ms"] <= band)
     summary: dict[str, Any] = {"head10_p50_ms": head10, "band_ms": band,
                                "goal": "head p50 within 10 % of its 10-class p50 up to 10,000 classes"}
-    for path in ("head", "head-partial"):
+    for path in ("head",):
         sel = [r for r in rows if r["path"] == path and r["classes"] <= 10000]
         summary[f"{path}_within_band_up_to_10000"] = all(r["within_band"] for r in sel)
         summary[f"{path}_p50_vs_head10"] = {str(r["classes"]): round(r["p50_vs_head10"], 4) for r in rows
@@ -499,7 +477,7 @@ def main(data: Path, repeats: int, warmup: int, block: int, max_seconds: float, 
         "rows": rows, "summary": summary, "seconds": round(time.perf_counter() - t_start, 1),
     }
     print_table(rows, head10)
-    for key in ("head", "head-partial"):
+    for key in ("head",):
         print(f"{key}: within 10 % up to 10,000 classes: {summary[f'{key}_within_band_up_to_10000']}; "
               f"leaves the band at K ≈ {summary[f'{key}_leaves_band']['k']}")
     for r_per in (1, refs_per_class):
