@@ -195,8 +195,11 @@ def test_a_silent_board_is_a_dead_link_and_is_reopened(board, tmp_path: Path) ->
         collect(src, 3)
         mute["on"] = True
         deadline = time.monotonic() + 5
+        after_mute = 0
         while src.counters["disconnects"] == 0 and time.monotonic() < deadline:
-            assert src.read(timeout=0.1) is None
+            after_mute += src.read(timeout=0.1) is not None
+        # a request already answered when the board fell silent may still be read (late, under load): at most one
+        assert after_mute <= 1
         mute["on"] = False
         collect(src, 3)
         c = src.counters
