@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from calibration.spectrum import Spectrum  # noqa: E402
-from edge.bundle import Bundle, load_bundle  # noqa: E402
+from edge.bundle import Bundle, load_bundle, write_bundle  # noqa: E402
 from edge.classifier import Classifier  # noqa: E402
 from edge.head import linear_head_onnx  # noqa: E402
 from edge.matcher import ReferenceMatcher  # noqa: E402
@@ -168,8 +168,15 @@ def build(cfg: Config, bundle: Bundle, seed: int) -> Callable[[Acquisition], Any
         return run_matcher
     w, b = head_weights(cfg.classes, f, seed)
     names = class_names(cfg.classes)
-    swapped = dataclasses.replace(bundle, manifest={**bundle.manifest, "classes": names},
-                                  head_session=ort_session(linear_head_onnx(w, b)))
+    # a real bundle on disk (the classifier builds its top-k selection from the head file), 1-thread sessions
+    tmp = Path(tempfile.mkdtemp(prefix="head_latency."))
+    written = write_bundle(tmp / "bundle", backbone_onnx=bundle.backbone_path.read_bytes(),
+                           head_onnx=linear_head_onnx(w, b), classes=names,
+                           preprocessing=bundle.manifest["preprocessing"], feature_size=f,
+                           architecture={"name": "latency", "params": {}}, training={},
+                           temperature=bundle.temperature)
+    swapped = dataclasses.replace(written, backbone_session=bundle.backbone_session,
+                                  head_session=ort_session(str(written.head_path)))
     pipe = Pipeline(swapped, top_k=TOP_K)
 
     def run_head(acq: Acquisition) -> Any:

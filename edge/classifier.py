@@ -1,13 +1,75 @@
 """Constant-time classification with ONNX Runtime: backbone, then head."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from calibration.errors import SpectrumError
 
-from .bundle import BACKBONE_INPUT, HEAD_INPUT, Bundle
+from .bundle import BACKBONE_INPUT, HEAD_INPUT, HEAD_OUTPUT, Bundle
+
+log = logging.getLogger(__name__)
+
+#: Output names of the selection appended to the head graph (see :func:`selector_onnx`).
+TOP_P, TOP_INDEX = "top_probabilities", "top_indices"
+
+
+def selector_onnx(head_onnx: bytes, k: int, temperature: float) -> bytes:
+    """The head graph with softmax(logits / T) top-k appended: outputs ``logits``, ``top_probabilities``, ``top_indices``.
+
+    ``Softmax`` and ``TopK`` (ties: lower index first, per the ONNX spec) run inside
+    ONNX Runtime, so no per-class work is left to Python (BENCHMARKS.md, "Constant time").
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load_from_string(head_onnx)
+    g = model.graph
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 11:
+        raise ValueError(f"head opset {opset} is older than TopK-11")
+    g.initializer.append(numpy_helper.from_array(np.array([k], dtype=np.int64), "sel.k"))
+    nodes = []
+    z = HEAD_OUTPUT
+    if temperature != 1.0:
+        g.initializer.append(numpy_helper.from_array(np.array(1.0 / temperature, dtype=np.float32), "sel.inv_t"))
+        nodes.append(helper.make_node("Mul", [HEAD_OUTPUT, "sel.inv_t"], ["sel.z"]))
+        z = "sel.z"
+    # Softmax then TopK: ORT's Softmax is vectorised (ReduceLogSumExp over 10,000 classes took twice as long)
+    nodes += [helper.make_node("Softmax", [z], ["sel.p"], axis=-1),
+              helper.make_node("TopK", ["sel.p", "sel.k"], [TOP_P, TOP_INDEX], axis=-1, largest=1, sorted=1)]
+    g.node.extend(nodes)
+    g.output.extend([helper.make_tensor_value_info(TOP_P, TensorProto.FLOAT, ["batch", k]),
+                     helper.make_tensor_value_info(TOP_INDEX, TensorProto.INT64, ["batch", k])])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _selector_session(bundle: Bundle, k: int) -> Any | None:
+    """An ORT session of :func:`selector_onnx` for this bundle, or None (numpy selection) if it cannot be built."""
+    try:
+        import onnxruntime as ort
+
+        data = selector_onnx(bundle.head_path.read_bytes(), k, bundle.temperature)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = 1  # one small Gemm and a TopK: a thread pool costs more than it saves
+        opts.inter_op_num_threads = 1
+        providers = bundle.head_session.get_providers() if hasattr(bundle.head_session, "get_providers") else None
+        sess = ort.InferenceSession(data, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+        # the same head as the bundle's verified session, or not used at all
+        probe = np.random.default_rng(0).standard_normal((2, bundle.feature_size)).astype(np.float32)
+        a = sess.run([HEAD_OUTPUT], {HEAD_INPUT: probe})[0]
+        b = bundle.head_session.run(None, {HEAD_INPUT: probe})[0]
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-5):
+            raise ValueError("the head file on disk differs from the loaded head session")
+        return sess
+    except Exception as e:  # onnx missing, an unusual head graph: the numpy path gives the same answer
+        log.info("%s: top-k selection stays in numpy (%s)", bundle.model_id, str(e).splitlines()[0][:200])
+        return None
 
 
 @dataclass(frozen=True)
@@ -52,12 +114,14 @@ class Classifier:
         self.classes = np.asarray(bundle.classes)
         self.top_k = max(1, min(int(top_k), len(self.classes)))
         self._temperature = bundle.temperature
+        self._selector = _selector_session(bundle, self.top_k)
 
     @property
     def model_id(self) -> str:
         return self.bundle.model_id
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Backbone features ``(n, F)`` of preprocessed spectra ``(n, points)``."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim == 1:
             x = x[None, :]
@@ -65,8 +129,10 @@ class Classifier:
             raise SpectrumError(
                 f"classifier input has shape {x.shape}; model {self.model_id} expects (n, {self.bundle.input_points})"
             )
-        feats = self.bundle.backbone_session.run(None, {BACKBONE_INPUT: x})[0]
-        return self.bundle.head_session.run(None, {HEAD_INPUT: feats})[0]
+        return self.bundle.backbone_session.run(None, {BACKBONE_INPUT: x})[0]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.bundle.head_session.run(None, {HEAD_INPUT: self.features(x)})[0]
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n, K)`` for preprocessed spectra ``(n, points)``."""
@@ -88,6 +154,10 @@ class Classifier:
         over the K logits: the cost stays flat as heads grow to thousands of classes
         (BENCHMARKS.md, "Constant time").
         """
+        if self._selector is not None:
+            probs, order = self._selector.run([TOP_P, TOP_INDEX], {HEAD_INPUT: self.features(x)})
+            return [Prediction(tuple(self.classes[o].tolist()), tuple(float(p) for p in row))
+                    for row, o in zip(probs, order)]
         z = self.logits(x)
         if self._temperature != 1.0:
             z = z / np.float32(self._temperature)
