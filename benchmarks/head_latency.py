@@ -46,6 +46,7 @@ import os
 import platform
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -178,6 +179,7 @@ def build(cfg: Config, bundle: Bundle, seed: int) -> Callable[[Acquisition], Any
     swapped = dataclasses.replace(written, backbone_session=bundle.backbone_session,
                                   head_session=ort_session(str(written.head_path)))
     pipe = Pipeline(swapped, top_k=TOP_K)
+    shutil.rmtree(tmp, ignore_errors=True)  # the sessions hold what they need
 
     def run_head(acq: Acquisition) -> Any:
         x, _ = pipe.prepare(acq)
