@@ -167,10 +167,7 @@ class AxisCalibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "calibration") -> "AxisCalibration":
-        if not isinstance(d, dict):
-            raise CalibrationError(f"{where}: expected a JSON object")
-        if d.get("format") != CALIBRATION_FORMAT:
-            raise CalibrationError(f"{where}: 'format' is {d.get('format')!r}, expected {CALIBRATION_FORMAT!r}")
+        _check_format(d, where)
         version = d.get("version")
         if d.get("kind") == ShiftCorrection.KIND:
             raise CalibrationError(f"{where}: is a shift-axis correction, not a pixel calibration "
@@ -205,6 +202,13 @@ class AxisCalibration:
     @classmethod
     def load(cls, path: str | Path) -> "AxisCalibration":
         return cls.from_dict(_read_json(path), where=str(path))
+
+
+def _check_format(d: Any, where: str) -> None:
+    if not isinstance(d, dict):
+        raise CalibrationError(f"{where}: expected a JSON object")
+    if d.get("format") != CALIBRATION_FORMAT:
+        raise CalibrationError(f"{where}: 'format' is {d.get('format')!r}, expected {CALIBRATION_FORMAT!r}")
 
 
 def _read_json(path: str | Path) -> Any:
@@ -283,10 +287,7 @@ class ShiftCorrection:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "calibration") -> "ShiftCorrection":
-        if not isinstance(d, dict):
-            raise CalibrationError(f"{where}: expected a JSON object")
-        if d.get("format") != CALIBRATION_FORMAT:
-            raise CalibrationError(f"{where}: 'format' is {d.get('format')!r}, expected {CALIBRATION_FORMAT!r}")
+        _check_format(d, where)
         if d.get("kind") != cls.KIND or d.get("version") != SHIFT_CORRECTION_VERSION:
             raise CalibrationError(f"{where}: not a version-{SHIFT_CORRECTION_VERSION} shift correction "
                                    f"(kind {d.get('kind')!r}, version {d.get('version')!r})")

@@ -10,7 +10,7 @@ import hashlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -61,6 +61,40 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def read_npz(path: str | Path, required: Sequence[str], where: str | None = None) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, refusing pickles, truncation and missing ``required`` keys.
+
+    Raises
+    ------
+    ReaderError
+        Naming ``where`` (default: the path) and what was wrong.
+    """
+    path = Path(path)
+    where = where or str(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ReaderError(f"{where}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ReaderError(f"{where}: not a readable .npz file ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ReaderError(f"{where}: a single .npy array, not an .npz archive with {', '.join(map(repr, required))}")
+    with z:
+        try:
+            keys = set(z.files)
+        except Exception as e:  # a truncated zip can fail here
+            raise ReaderError(f"{where}: not a readable .npz file ({e})") from None
+        missing = [k for k in required if k not in keys]
+        if missing:
+            raise ReaderError(f"{where}: missing key(s) {missing}; found {sorted(keys)}")
+        try:
+            return {k: z[k] for k in keys}
+        except ValueError as e:  # object arrays need pickle, which we refuse
+            raise ReaderError(f"{where}: contains an object array (pickle), refused: {e}") from None
+        except Exception as e:
+            raise ReaderError(f"{where}: corrupt array data ({e})") from None
+
+
 def load_dataset(path: str | Path, allow_nonfinite: bool = False) -> Dataset:
     """Load and validate a labelled ``.npz``; raise :class:`ReaderError` naming the problem.
 
@@ -72,28 +106,7 @@ def load_dataset(path: str | Path, allow_nonfinite: bool = False) -> Dataset:
         one bad spectrum is logged as an error row while the good ones go on.
     """
     path = Path(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ReaderError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ReaderError(f"{path}: not a readable .npz file ({e})") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ReaderError(f"{path}: a single .npy array, not an .npz archive with 'spectra', 'labels', 'wavenumbers'")
-    with z:
-        try:
-            keys = set(z.files)
-        except Exception as e:  # a truncated zip can fail here
-            raise ReaderError(f"{path}: not a readable .npz file ({e})") from None
-        missing = [k for k in REQUIRED_KEYS if k not in keys]
-        if missing:
-            raise ReaderError(f"{path}: missing key(s) {missing}; found {sorted(keys)}")
-        try:
-            arrays: dict[str, Any] = {k: z[k] for k in keys}
-        except ValueError as e:  # object arrays need pickle, which we refuse
-            raise ReaderError(f"{path}: contains an object array (pickle), refused: {e}") from None
-        except Exception as e:
-            raise ReaderError(f"{path}: corrupt array data ({e})") from None
+    arrays = read_npz(path, REQUIRED_KEYS)
     spectra, labels, wn = arrays.pop("spectra"), arrays.pop("labels"), arrays.pop("wavenumbers")
     if spectra.ndim != 2 or not np.issubdtype(spectra.dtype, np.number):
         raise ReaderError(f"{path}: 'spectra' must be a 2-D numeric array, got {spectra.dtype} {spectra.shape}")

@@ -50,7 +50,6 @@ import copy
 import dataclasses
 import logging
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -60,7 +59,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from calibration.dataset import Dataset, file_sha256
+from calibration.dataset import Dataset, file_sha256, read_npz
 from calibration.errors import ConfigError, ReaderError
 from calibration.preprocess import DEFAULT_SPEC, Preprocessor
 
@@ -114,22 +113,8 @@ def load_unlabeled(path: str | Path, reference_axis: np.ndarray | None = None) -
         does not match the labelled data's (names the file).
     """
     path = Path(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ReaderError(f"--unlabeled {path}: no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ReaderError(f"--unlabeled {path}: not a readable .npz file ({e})") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ReaderError(f"--unlabeled {path}: a single .npy array, not an .npz with 'spectra' and 'wavenumbers'")
-    with z:
-        missing = [k for k in ("spectra", "wavenumbers") if k not in z.files]
-        if missing:
-            raise ReaderError(f"--unlabeled {path}: missing key(s) {missing}; found {sorted(z.files)}")
-        try:
-            spectra, wn = z["spectra"], z["wavenumbers"]
-        except ValueError as e:
-            raise ReaderError(f"--unlabeled {path}: contains an object array (pickle), refused: {e}") from None
+    arrays = read_npz(path, ("spectra", "wavenumbers"), where=f"--unlabeled {path}")
+    spectra, wn = arrays["spectra"], arrays["wavenumbers"]
     if spectra.ndim != 2 or not np.issubdtype(spectra.dtype, np.number) or spectra.shape[0] == 0:
         raise ReaderError(f"--unlabeled {path}: 'spectra' must be a non-empty 2-D numeric array, "
                           f"got {spectra.dtype} {spectra.shape}")
