@@ -140,7 +140,7 @@ def _run_help() -> str:
               help="[daemon] state_dir: model registry and status socket. Default: the db path with .d.")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N spectra (default: run until stopped).")
 @click.option("--calibration", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="[calibration] path: axis calibration JSON overriding the instrument's own.")
+              help="[calibration] path: pixel-axis calibration JSON overriding the instrument's own, or a shift-axis correction.")
 @click.option("--interest", default=None, help="[priority] interest, comma-separated.")
 @click.option("--min-probability", type=click.FloatRange(0, 1), default=None, help="[priority] min_probability.")
 @click.option("--min-margin", type=click.FloatRange(0, 1), default=None, help="[priority] min_margin.")

@@ -50,7 +50,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", "trusted_keys", "", "directory of trusted public keys (*.pub) for signed bundles", _str, "a path"),
     Option("model", "allow_unsigned", False, "accept unsigned bundles (development only)", _bool, "true or false"),
     Option("model", "check_interval_s", 1.0, "how often to look for a newly installed model", _pos, "seconds > 0"),
-    Option("calibration", "path", "", "axis calibration JSON overriding the instrument's own", _str, "a path"),
+    Option("calibration", "path", "", "calibration JSON: a pixel-axis calibration overriding the instrument's own, or a shift-axis correction (calibrate --standard without --lamp)", _str, "a path"),
     Option("store", "db", "raman-edge.sqlite", "SQLite results log", _str, "a path"),
     Option("store", "synchronous", "FULL", "SQLite synchronous: FULL survives power cuts, NORMAL only process kills",
            lambda v: isinstance(v, str) and v.upper() in ("FULL", "NORMAL", "EXTRA"), "FULL, NORMAL or EXTRA"),
