@@ -30,7 +30,7 @@ import numpy as np
 
 from .dataset import Dataset, load_dataset
 from .errors import ReaderError, SpectrumError
-from .instruments import read_bytes
+from .instruments import ascending_merge, read_bytes
 from .spectrum import Spectrum
 
 log = logging.getLogger(__name__)
@@ -250,24 +250,10 @@ def _parse_data_line(line: str, path: Path, no: int) -> tuple[float, float]:
 def _ascending_unique(
     axis: np.ndarray, intensities: np.ndarray, line_nos: list[int], path: Path
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Ascending axis with repeated points averaged; a back-and-forth axis is an error."""
-    d = np.diff(axis)
-    if (d > 0).any() and (d < 0).any():
-        direction = np.sign(d[np.nonzero(d)[0][0]])
-        i = int(np.nonzero(np.sign(d) == -direction)[0][0]) + 1
-        raise ReaderError(
-            f"{path}, line {line_nos[i]}: axis is not monotonic ({axis[i]:g} follows {axis[i - 1]:g}, "
-            f"but the axis runs {'up' if direction > 0 else 'down'} before)"
-        )
-    if axis.size > 1 and axis[0] > axis[-1]:
-        axis, intensities = axis[::-1], intensities[::-1]
-    if not (d == 0).any():
-        return axis.copy(), intensities.copy(), 0
-    uniq, inverse = np.unique(axis, return_inverse=True)
-    mean = np.bincount(inverse, weights=intensities) / np.bincount(inverse)
-    n_dup = int(axis.size - uniq.size)
-    log.debug("%s: averaged %d repeated axis points", path, n_dup)
-    return uniq, mean, n_dup
+    """Ascending axis with repeated points averaged; a back-and-forth axis is an error (one column of
+    :func:`calibration.instruments.ascending_merge`)."""
+    axis, columns, n_dup = ascending_merge(axis, np.asarray(intensities)[None, :], np.asarray(line_nos), path)
+    return axis, columns[0], n_dup
 
 
 def _rruff_meta(path: Path, header: dict[str, str]) -> dict:
