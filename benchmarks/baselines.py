@@ -36,12 +36,14 @@ never ranked, so its test spectra count as errors.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -588,7 +590,18 @@ def fmt_mean_std(s: dict[str, Any] | None, pct: bool = True) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
-__all__ = ["PEAK_WIDTHS", "PEAK_BIN", "MLP_SIZES", "BASELINES", "minmax", "peak_bin_count", "peak_positions",
+
+@contextlib.contextmanager
+def quiet_sklearn() -> Iterator[None]:
+    """Silence scikit-learn's convergence warnings (MLP epochs are capped on purpose)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+__all__ = ["quiet_sklearn", "PEAK_WIDTHS", "PEAK_BIN", "MLP_SIZES", "BASELINES", "minmax", "peak_bin_count", "peak_positions",
            "peak_features", "PeakCounter", "nearest_class_scores", "evaluate", "Model", "knn_peaks", "svm_peaks",
            "nn_raw", "mlp", "discover_architectures", "CNNSpec", "make_train_config", "CNNModel", "CNNFeatureKNN",
            "model_factory", "split_model_list", "provenance", "fmt_mean_std"]

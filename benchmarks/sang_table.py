@@ -36,15 +36,13 @@ when the test fraction is unchanged; a set whose file hash changed is replaced.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 import numpy as np
@@ -53,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import (CNNModel, PeakCounter, discover_architectures, evaluate,  # noqa: E402
+from benchmarks.baselines import (quiet_sklearn, CNNModel, PeakCounter, discover_architectures, evaluate,  # noqa: E402
                                   fmt_mean_std, model_factory, provenance, split_model_list)
 from benchmarks.protocols import grouped_split, random_split, summarise  # noqa: E402
 from calibration.dataset import Dataset, load_dataset  # noqa: E402
@@ -247,15 +245,6 @@ def merge(out: Path, doc: dict[str, Any], fresh: bool) -> dict[str, Any]:
     return doc
 
 
-@contextlib.contextmanager
-def _quiet_sklearn() -> Iterator[None]:
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
-
-
 @click.command()
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_DIR,
               show_default=True, help="Folder with dataset_1_dev.npz and dataset_2_dev.npz.")
@@ -318,7 +307,7 @@ def main(data_dir: Path, datasets: str, protocols: str, model_names: tuple[str, 
                                         "baseline_input": "spectra divided by their maximum"},
                            "datasets": {}}
     try:
-        with threadpool_limits(threads), _quiet_sklearn():
+        with threadpool_limits(threads), quiet_sklearn():
             for key, path in zip(keys, paths):
                 doc["datasets"][key] = run_dataset(load_normalised(path), key, models, prots, seed_list, test_size,
                                                    threads=threads, epochs=epochs, patience=patience,

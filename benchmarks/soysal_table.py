@@ -30,14 +30,12 @@ time; ``--fresh`` starts the file over.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 import numpy as np
@@ -46,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import (BASELINES, CNNModel, CNNSpec, PeakCounter, discover_architectures,  # noqa: E402
+from benchmarks.baselines import (quiet_sklearn, BASELINES, CNNModel, CNNSpec, PeakCounter, discover_architectures,  # noqa: E402
                                   evaluate, fmt_mean_std, model_factory, provenance, split_model_list)
 from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold, summarise  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
@@ -223,7 +221,7 @@ def main(data: Path, model_names: tuple[str, ...], folds: int, seed: int, shifts
     models = resolve_models(model_names)
     t0 = time.perf_counter()
     try:
-        with threadpool_limits(threads), _quiet_sklearn():
+        with threadpool_limits(threads), quiet_sklearn():
             doc = run(data, models, folds, seed, shift_list, fill, threads=threads, epochs=epochs,
                       patience=patience, mlp_iter=mlp_iter)
     except RamanEdgeError as e:
@@ -261,16 +259,6 @@ def merge(out: Path, doc: dict[str, Any], fresh: bool) -> dict[str, Any]:
     doc["runs"] = runs + [{k: doc.get(k) for k in ("command", "date_utc", "seconds")}]
     doc["models"] = models
     return doc
-
-
-@contextlib.contextmanager
-def _quiet_sklearn() -> Iterator[None]:
-    """Silence scikit-learn's convergence warnings (MLP epochs are capped on purpose)."""
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
 
 
 if __name__ == "__main__":
