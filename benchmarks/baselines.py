@@ -396,8 +396,16 @@ def make_train_config(spec: CNNSpec, *, seed: int, threads: int | None, epochs: 
         known -= set(getattr(tc, "LIU_FIELDS", ()))
     kw: dict[str, Any] = {"arch": spec.arch, "seed": seed, "threads": threads}
     arch_options: dict[str, Any] = {}
+    aug: dict[str, Any] = {}
     for k, v in spec.overrides.items():
-        (kw if k in known else arch_options)[k] = v
+        if k.startswith("aug."):  # cnn:liu:aug.p_background_swap=0.8 (an AugmentConfig field)
+            aug[k[4:]] = v
+        else:
+            (kw if k in known else arch_options)[k] = v
+    if aug:
+        from trainer.augment import AugmentConfig
+
+        kw["augment_config"] = AugmentConfig().replace(**aug)
     if arch_options:
         if "arch_options" not in {f.name for f in fields(TrainConfig)}:
             raise ConfigError(f"{spec.name}: {sorted(arch_options)} are not TrainConfig options")

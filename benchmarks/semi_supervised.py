@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
 
 from calibration.dataset import Dataset, file_sha256, load_dataset  # noqa: E402
 from calibration.preprocess import DEFAULT_SPEC, Preprocessor  # noqa: E402
+from trainer.augment import parse_augment_options  # noqa: E402
 from trainer.config import SemiConfig, TrainConfig  # noqa: E402
 
 log = logging.getLogger("semi_supervised")
@@ -100,9 +101,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pre = Preprocessor(DEFAULT_SPEC)
     classes = np.asarray(data.classes)
     masks = {f: data.extras[f"in_{f}pct"].astype(bool) for f in FRACTIONS}
-    semi = SemiConfig(pretrain_epochs=args.pretrain_epochs, head_epochs=args.head_epochs)
+    semi = SemiConfig(pretrain_epochs=args.pretrain_epochs, head_epochs=args.head_epochs, head_init=args.head_init)
     base = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, semi_config=semi,
-                       val_fraction=args.val_fraction)
+                       val_fraction=args.val_fraction,
+                       augment_config=parse_augment_options(args.aug))
     sgan_cfg = dataclasses.replace(base, semi="sgan", epochs=args.sgan_epochs, patience=args.sgan_patience)
     runs: list[dict[str, Any]] = []
     repeats: list[dict[str, Any]] = []
@@ -242,6 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=100)
     p.add_argument("--head-epochs", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--aug", action="append", default=[], metavar="NAME=VALUE",
+                   help="augmentation option for every method (as raman-edge train --aug), e.g. p_background_swap=0.8")
+    p.add_argument("--head-init", default="prototypes", choices=("prototypes", "random"),
+                   help="start of the contrastive frozen-encoder head")
     p.add_argument("--quick", action="store_true", help="1 repeat, 10 and 40 %%, 2 epochs of everything (tests)")
     p.add_argument("--table", type=Path, metavar="RESULT.json", help="print the markdown table of a result, exit")
     args = p.parse_args(argv)

@@ -5,6 +5,10 @@ so that the network sees augmented data through exactly the preprocessing it
 will meet on the rover.  Each effect mimics something a field instrument or a
 field sample does, in the order it happens to the light:
 
+0. **background swap** (``p_background_swap``, off by default) — the sample's own
+   fluorescence: its smooth background (asls estimate) is replaced by a *real*
+   background of another spectrum, keeping that donor's background-to-Raman
+   ratio times a random factor (:class:`BackgroundBank`);
 1. **axis shift** — residual calibration error / thermal drift of the
    spectrometer: the spectrum is re-interpolated at ``axis - δ``; points shifted
    in from outside the measured range take the edge value (a baseline level,
@@ -58,8 +62,12 @@ DEFAULT_BASELINE_KINDS = ("polynomial", "gaussian", "sigmoid")
 FLUORESCENCE_KINDS = ("tanh", "cos")
 
 _RANGES = ("scale", "baseline_amplitude", "read_noise", "shot_noise", "fluorescence_amplitude",
-           "downsample_factor", "poisson_counts", "spike_count", "spike_height", "spike_width")
-_PROBS = ("p_shift", "p_scale", "p_baseline", "p_noise", "p_fluorescence", "p_downsample", "p_poisson", "p_spikes")
+           "downsample_factor", "poisson_counts", "spike_count", "spike_height", "spike_width",
+           "background_factor")
+_PROBS = ("p_shift", "p_scale", "p_baseline", "p_noise", "p_fluorescence", "p_downsample", "p_poisson", "p_spikes",
+          "p_background_swap")
+#: asls smoothness (on a 1 cm⁻¹ grid) and asymmetry of the background estimate behind the swap.
+SWAP_ASLS = {"lam": 1e5, "p": 0.01}
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,10 @@ class AugmentConfig:
     p_spikes, spike_count, spike_height, spike_width : float, (int, int), (float, float), (int, int)
         Probability; number of spikes; height relative to the spectrum's maximum
         (log-uniform); width in points.
+    p_background_swap, background_factor : float, (float, float)
+        Probability that a spectrum's own fluorescence background (asls estimate) is replaced
+        by a *real* one from another spectrum (a donor), and the factor (log-uniform) on the
+        donor's background-to-Raman ratio.  See :class:`BackgroundBank`.
     """
 
     p_shift: float = 0.5
@@ -112,6 +124,8 @@ class AugmentConfig:
     spike_count: tuple[int, int] = (1, 3)
     spike_height: tuple[float, float] = (0.2, 2.0)
     spike_width: tuple[int, int] = (1, 2)
+    p_background_swap: float = 0.0
+    background_factor: tuple[float, float] = (0.2, 3.0)
 
     def __post_init__(self) -> None:
         # JSON and the CLI give lists: store tuples so configs compare and hash alike.
@@ -136,7 +150,7 @@ class AugmentConfig:
             lo, hi = r
             if not (0.0 <= lo <= hi and np.isfinite(hi)):
                 raise ConfigError(f"augmentation: {name} must be a range 0 <= lo <= hi, got {(lo, hi)}")
-        for name in ("scale", "poisson_counts", "spike_height"):  # log-uniform: lo > 0
+        for name in ("scale", "poisson_counts", "spike_height", "background_factor"):  # log-uniform: lo > 0
             if getattr(self, name)[0] <= 0:
                 raise ConfigError(f"augmentation: {name} must be positive, got {getattr(self, name)}")
         if self.downsample_factor[0] < 1.0:
@@ -380,6 +394,60 @@ def add_spikes(spectra: np.ndarray, positions: np.ndarray, heights: np.ndarray, 
     return y
 
 
+def split_background(spectra: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each raw spectrum's smooth fluorescence background and its Raman part (spectrum − background).
+
+    The background is pybaselines' asls (:data:`SWAP_ASLS`) through :func:`calibration.baseline.baseline`.
+    This is augmentation only: the model still sees raw spectra, never a baseline-corrected one.
+    """
+    from calibration.baseline import baseline
+
+    y = np.asarray(spectra, dtype=np.float64)
+    back = np.stack([baseline(row, axis, method="asls", **SWAP_ASLS) for row in y]) if len(y) else y.copy()
+    return back, y - back
+
+
+def _raman_level(raman: np.ndarray, spectra: np.ndarray) -> np.ndarray:
+    # Mean absolute Raman signal, floored so a nearly featureless spectrum gives no huge ratio.
+    return np.maximum(np.abs(raman).mean(axis=1), 1e-3 * np.abs(spectra).max(axis=1) + 1e-12)
+
+
+@dataclass(frozen=True)
+class BackgroundBank:
+    """Real fluorescence backgrounds to swap in, each in units of its own spectrum's Raman level.
+
+    Field spectra differ most in their fluorescence, which the few labelled spectra of a
+    mineral cannot show; the swap puts a mineral's peaks on the backgrounds that *other*
+    real samples had (RRUFF raw spectra carry backgrounds from nothing to many times the
+    Raman signal), keeping each donor's background-to-Raman ratio (times ``background_factor``).
+    """
+
+    axis: np.ndarray
+    shapes: np.ndarray  # (donors, points)
+
+    @classmethod
+    def from_spectra(cls, spectra: np.ndarray, axis: np.ndarray) -> "BackgroundBank":
+        back, raman = split_background(spectra, axis)
+        return cls(np.asarray(axis, dtype=np.float64), back / _raman_level(raman, np.asarray(spectra))[:, None])
+
+    @classmethod
+    def merge(cls, banks: list["BackgroundBank"]) -> "BackgroundBank":
+        """One bank on the first bank's axis (others interpolated, ends held)."""
+        axis = banks[0].axis
+        return cls(axis, np.concatenate([b.on(axis) for b in banks]))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def on(self, axis: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        shapes = self.shapes if rows is None else self.shapes[rows]
+        axis = np.asarray(axis, dtype=np.float64)
+        if axis.shape == self.axis.shape and np.array_equal(axis, self.axis):
+            return shapes.copy()
+        return np.stack([np.interp(axis, self.axis, s) for s in shapes]) if len(shapes) else \
+            np.empty((0, axis.size))
+
+
 def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float], n: int) -> np.ndarray:
     lo, hi = np.log(lo_hi[0]), np.log(lo_hi[1])
     return np.exp(rng.uniform(lo, hi, n))
@@ -396,12 +464,47 @@ class Augmenter:
         Source of all randomness (seed it for reproducible training).
     """
 
-    def __init__(self, config: AugmentConfig | None = None, rng: np.random.Generator | None = None) -> None:
+    def __init__(self, config: AugmentConfig | None = None, rng: np.random.Generator | None = None,
+                 donors: BackgroundBank | None = None) -> None:
         self.config = config or AugmentConfig()
         self.rng = rng if rng is not None else np.random.default_rng()
-        # Effects added after the first version draw from their own stream (see the module docstring);
-        # spawning does not consume numbers from self.rng.
-        self.extra_rng = self.rng.spawn(1)[0]
+        # Effects added after the first version draw from their own streams (see the module docstring);
+        # spawning does not consume numbers from self.rng, and child 0 is the same as spawn(1)'s.
+        self.extra_rng, self.swap_rng = self.rng.spawn(2)
+        #: Backgrounds to swap in (``p_background_swap``); None: the spectra of each call donate.
+        self.donors = donors
+        self._split_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _split(self, y: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Training passes the same raw array every epoch: estimate its backgrounds once.
+        import hashlib
+
+        key = hashlib.sha1(y.tobytes() + axis.tobytes()).digest()
+        if key not in self._split_cache:
+            if len(self._split_cache) >= 8:
+                self._split_cache.pop(next(iter(self._split_cache)))
+            self._split_cache[key] = split_background(y, axis)
+        return self._split_cache[key]
+
+    def _swap_backgrounds(self, y: np.ndarray, axis: np.ndarray) -> np.ndarray:
+        c, sr = self.config, self.swap_rng
+        n = len(y)
+        do = sr.random(n) < c.p_background_swap
+        factors = _log_uniform(sr, c.background_factor, n)
+        if not do.any():
+            return y
+        back, raman = self._split(y, axis)
+        level = _raman_level(raman, y)
+        if self.donors is None:
+            bank = BackgroundBank(axis, back / level[:, None])
+        else:
+            bank = self.donors
+        picks = sr.integers(0, len(bank), n)
+        out = y.copy()
+        out[do] = raman[do] + (factors * level)[do, None] * bank.on(axis, picks[do])
+        # A raw spectrum is counts above the dark level: an asls overshoot must not make it negative.
+        out[do] -= np.minimum(out[do].min(axis=1, keepdims=True), 0.0)
+        return out
 
     def __call__(self, spectra: np.ndarray, axis: np.ndarray) -> np.ndarray:
         """Return an augmented float64 copy of ``(n, points)`` raw ``spectra`` on ``axis``."""
@@ -411,6 +514,8 @@ class Augmenter:
         if y.ndim != 2 or y.shape[1] != axis.size:
             raise ValueError(f"expected (n, {axis.size}) spectra, got {y.shape}")
         n, p = y.shape
+        if c.p_background_swap > 0:  # first: the sample's own light, before the instrument's effects
+            y = self._swap_backgrounds(y, axis)
         # Draw every random number for every spectrum, whether used or not, so that
         # changing one probability does not reshuffle the other effects' draws.
         do = rng.random((n, 4)) < np.array([c.p_shift, c.p_scale, c.p_baseline, c.p_noise])

@@ -20,6 +20,8 @@ LIU_FIELDS = ("pool", "n_pool", "dense", "dropout")
 
 #: Semi-supervised methods of ``raman-edge train --semi`` (trainer.semi).
 SEMI_METHODS = ("sgan", "contrastive")
+#: Starts of the contrastive method's linear head (SemiConfig.head_init).
+HEAD_INITS = ("prototypes", "random")
 
 
 @dataclass
@@ -52,6 +54,9 @@ class SemiConfig:
         Output width of the projection MLP (hidden width = feature size).
     head_epochs : int
         Epochs of the linear head on the frozen encoder.
+    head_init : str
+        Start of that head: ``"prototypes"`` (each class's mean feature, i.e. the nearest-class-mean
+        classifier written as a linear layer; Qi et al. 2018 "imprinting") or ``"random"``.
     finetune : bool
         After the frozen-encoder head, fine-tune the whole network on the labelled spectra.
     finetune_lr : float
@@ -72,6 +77,7 @@ class SemiConfig:
     nt_xent_temperature: float = 0.2
     projection: int = 32
     head_epochs: int = 100
+    head_init: str = "prototypes"
     finetune: bool = True
     finetune_lr: float = 1e-3
     view_aug: dict[str, Any] = field(default_factory=lambda: {
@@ -91,6 +97,7 @@ class SemiConfig:
             ("projection", isinstance(self.projection, int) and self.projection >= 1, ">= 1"),
             ("head_epochs", isinstance(self.head_epochs, int) and self.head_epochs >= 0, ">= 0"),
             ("finetune_lr", 0.0 < self.finetune_lr <= 1.0, "in (0, 1]"),
+            ("head_init", self.head_init in HEAD_INITS, f"one of {HEAD_INITS}"),
         ]
         for name, ok, rule in rules:
             if not ok:

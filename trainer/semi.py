@@ -63,7 +63,7 @@ from calibration.dataset import Dataset, file_sha256, read_npz
 from calibration.errors import ConfigError, ReaderError
 from calibration.preprocess import DEFAULT_SPEC, Preprocessor
 
-from .augment import Augmenter
+from .augment import Augmenter, BackgroundBank
 from .config import SEMI_METHODS, TrainConfig
 from .models import build_model
 from .temperature import calibrate
@@ -459,7 +459,11 @@ def pretrain_contrastive(parts: list[tuple[np.ndarray, np.ndarray]], config: Tra
     model = _build(config, pre.grid.size, max(2, classes))
     proj = Projection(model.feature_size, sc.projection)
     opt = torch.optim.Adam(list(model.backbone.parameters()) + list(proj.parameters()), lr=sc.pretrain_lr)
-    views = Augmenter(config.augment_config.replace(**sc.view_aug), np.random.default_rng(view_ss))
+    view_config = config.augment_config.replace(**sc.view_aug)
+    # Every raw spectrum of the pool donates its background to every other (any part, any axis).
+    donors = (BackgroundBank.merge([BackgroundBank.from_spectra(s, ax) for s, ax in parts])
+              if view_config.p_background_swap > 0 else None)
+    views = Augmenter(view_config, np.random.default_rng(view_ss), donors=donors)
     rng = np.random.default_rng(order_ss)
     bs = min(sc.pretrain_batch, n)
     losses: list[float] = []
@@ -486,6 +490,33 @@ def pretrain_contrastive(parts: list[tuple[np.ndarray, np.ndarray]], config: Tra
                       {"arch": config.arch, **config.arch_params(), "seed": config.seed})
 
 
+def imprint_head(model: nn.Module, data: _Data) -> None:
+    """Set the linear head to the nearest-class-mean classifier of the frozen features.
+
+    With μ_k the mean feature of class k over the clean labelled spectra,
+    ``logit_k = s (μ_k·f − |μ_k|²/2) = −s/2 |f − μ_k|² + const(f)``: the head starts as the
+    Euclidean nearest-prototype rule, which is what one or two labelled spectra per class
+    support best (Snell et al. 2017; Qi et al. 2018), and cross-entropy refines it from there.
+    ``s`` makes the typical distance between prototypes a logit gap of about 10.
+    Classes without a training spectrum keep their random rows.
+    """
+    with torch.no_grad():
+        feats = model.backbone(torch.from_numpy(data.x_train_clean)).double()
+        y = torch.from_numpy(data.y_all[data.train_idx])
+        k = len(data.classes)
+        present = torch.zeros(k, dtype=torch.bool)
+        present[y] = True
+        mu = torch.zeros(k, feats.shape[1], dtype=torch.float64).index_add_(0, y, feats)
+        mu[present] /= torch.bincount(y, minlength=k)[present].unsqueeze(1).double()
+        m = mu[present]
+        d2 = torch.cdist(m, m).pow(2)
+        spread = float(d2.sum() / max(m.shape[0] * (m.shape[0] - 1), 1))
+        s = 20.0 / spread if spread > 0 else 1.0
+        lin = model.head.linear
+        lin.weight[present] = (s * m).to(lin.weight.dtype)
+        lin.bias[present] = (-0.5 * s * (m * m).sum(1)).to(lin.bias.dtype)
+
+
 def train_linear_head(model: nn.Module, data: _Data, config: TrainConfig, pre: Preprocessor,
                       epochs: int) -> tuple[list[EpochLog], int]:
     """Train ``model.head`` on the frozen backbone (eval mode) with augmented labelled spectra.
@@ -503,6 +534,8 @@ def train_linear_head(model: nn.Module, data: _Data, config: TrainConfig, pre: P
     weights = torch.tensor(class_weights(data.y_all[data.train_idx], len(data.classes)), dtype=torch.float32)
     opt = torch.optim.Adam(model.head.parameters(), lr=config.lr * 3)
     model.eval()  # frozen encoder: no dropout, no batch-norm updates
+    if config.semi_config.head_init == "prototypes":
+        imprint_head(model, data)
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     history: list[EpochLog] = []

@@ -1,0 +1,97 @@
+"""Background swap (trainer.augment: p_background_swap, BackgroundBank) and the imprinted contrastive head."""
+import numpy as np
+import pytest
+
+from calibration.errors import ConfigError
+from trainer.augment import AugmentConfig, Augmenter, BackgroundBank, split_background
+from trainer.synthetic import lorentzian
+
+pytest.importorskip("pybaselines")
+
+AXIS = np.arange(200.0, 1200.0, 1.0)
+ONLY_SWAP = AugmentConfig(p_shift=0.0, p_scale=0.0, p_baseline=0.0, p_noise=0.0, p_background_swap=1.0,
+                          background_factor=(1.0, 1.0))
+
+
+def _peaks(centres):
+    return sum(lorentzian(AXIS, c, 6.0) for c in centres)
+
+
+def _pair():
+    t = (AXIS - AXIS[0]) / (AXIS[-1] - AXIS[0])
+    a = _peaks([400, 700, 1000]) + 0.05                      # nearly no fluorescence
+    b = _peaks([300, 900]) + 20.0 * np.exp(-((t - 0.8) / 0.4) ** 2)  # a strong fluorescence hump
+    return np.stack([a, b]), t
+
+
+def test_swap_puts_the_peaks_on_the_donors_real_background():
+    spectra, t = _pair()
+    back, raman = split_background(spectra, AXIS)
+    assert np.corrcoef(back[1], spectra[1] - _peaks([300, 900]))[0, 1] > 0.99  # asls finds the hump
+    donors = BackgroundBank.from_spectra(spectra[1:], AXIS)                    # b donates to a
+    out = Augmenter(ONLY_SWAP, np.random.default_rng(0), donors=donors)(spectra[:1], AXIS)[0]
+    new_back, new_raman = split_background(out[None], AXIS)
+    # a's bands are kept where they were ...
+    assert np.corrcoef(new_raman[0], raman[0])[0, 1] > 0.98
+    # ... on b's hump, at b's background-to-Raman ratio (factor 1)
+    assert np.corrcoef(new_back[0], back[1])[0, 1] > 0.98
+    ratio_b = back[1].mean() / np.abs(raman[1]).mean()
+    assert new_back[0].mean() / np.abs(raman[0]).mean() == pytest.approx(ratio_b, rel=0.15)
+    assert out.min() >= 0.0
+
+
+def test_swap_within_a_batch_is_seeded_and_off_by_default():
+    spectra, _ = _pair()
+    cfg = ONLY_SWAP.replace(background_factor=(0.2, 3.0))
+    a = Augmenter(cfg, np.random.default_rng(3))(spectra, AXIS)
+    b = Augmenter(cfg, np.random.default_rng(3))(spectra, AXIS)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, spectra)
+    # Off (the default): the other effects draw exactly what they drew before the swap existed.
+    base = AugmentConfig(p_shift=1.0, p_noise=1.0)
+    plain = Augmenter(base, np.random.default_rng(4))(spectra, AXIS)
+    assert AugmentConfig().p_background_swap == 0.0
+    legacy_child = np.random.default_rng(4).spawn(1)[0].random(5)
+    assert np.array_equal(Augmenter(base, np.random.default_rng(4)).extra_rng.random(5), legacy_child)
+    np.testing.assert_array_equal(plain, Augmenter(base, np.random.default_rng(4))(spectra, AXIS))
+
+
+def test_bank_merge_interpolates_onto_the_first_axis():
+    spectra, _ = _pair()
+    bank = BackgroundBank.from_spectra(spectra, AXIS)
+    coarse_axis = AXIS[::2]
+    other = BackgroundBank.from_spectra(spectra[:, ::2], coarse_axis)
+    merged = BackgroundBank.merge([bank, other])
+    assert len(merged) == 4 and merged.shapes.shape == (4, AXIS.size)
+    assert np.corrcoef(merged.shapes[1], merged.shapes[3])[0, 1] > 0.99
+
+
+def test_background_factor_must_be_positive():
+    with pytest.raises(ConfigError, match="background_factor"):
+        AugmentConfig(background_factor=(0.0, 1.0))
+    with pytest.raises(ConfigError, match="p_background_swap"):
+        AugmentConfig(p_background_swap=1.5)
+
+
+def test_imprinted_head_is_the_nearest_class_mean_rule():
+    torch = pytest.importorskip("torch")
+    from trainer.config import SemiConfig, TrainConfig
+    from trainer.semi import _build, imprint_head
+
+    class Data:  # the fields imprint_head reads
+        classes = ["a", "b", "c"]
+    rng = np.random.default_rng(0)
+    cfg = TrainConfig(pool=4, n_pool=4, dense=16, threads=1).check()
+    model = _build(cfg, 256, 3).eval()
+    Data.x_train_clean = rng.random((9, 256)).astype(np.float32)
+    Data.y_all = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    Data.train_idx = np.arange(9)
+    imprint_head(model, Data)
+    with torch.no_grad():
+        f = model.backbone(torch.from_numpy(Data.x_train_clean)).double()
+        logits = model.head(f.float()).double()
+    mu = torch.stack([f[Data.y_all == k].mean(0) for k in range(3)])
+    nearest = torch.cdist(f, mu).argmin(1)
+    assert torch.equal(logits.argmax(1), nearest)
+    with pytest.raises(ConfigError, match="head_init"):
+        SemiConfig(head_init="zeros").check()
