@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         # torch first: 2.13.0 satisfies this range, so a machine that has it installs no CUDA wheels.
-        "train": ["torch>=2.2,<2.14", "onnx>=1.15", "rich>=13", "scikit-learn>=1.3"],
+        "train": ["torch>=2.2,<2.14", "onnx>=1.15", "rich>=13", "scikit-learn>=1.3", "pybaselines>=1.0"],
         "usb": ["pyusb>=1.2", "seabreeze>=2.0"],
         "tensorrt": ["tensorrt>=8.6"],
         "plot": ["matplotlib>=3.7"],
