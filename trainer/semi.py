@@ -512,9 +512,14 @@ def imprint_head(model: nn.Module, data: _Data) -> None:
         d2 = torch.cdist(m, m).pow(2)
         spread = float(d2.sum() / max(m.shape[0] * (m.shape[0] - 1), 1))
         s = 20.0 / spread if spread > 0 else 1.0
+        # Written about the mean prototype c, which drops a class-independent term:
+        # μ·f − |μ|²/2 = (μ−c)·f − (μ−c)·c − |μ−c|²/2 + (c·f − |c|²/2). Features far from the
+        # origin would otherwise give huge logits that cancel (float32 export checks them).
+        c = m.mean(0)
+        d = m - c
         lin = model.head.linear
-        lin.weight[present] = (s * m).to(lin.weight.dtype)
-        lin.bias[present] = (-0.5 * s * (m * m).sum(1)).to(lin.bias.dtype)
+        lin.weight[present] = (s * d).to(lin.weight.dtype)
+        lin.bias[present] = (-s * (d @ c + 0.5 * (d * d).sum(1))).to(lin.bias.dtype)
 
 
 def train_linear_head(model: nn.Module, data: _Data, config: TrainConfig, pre: Preprocessor,
