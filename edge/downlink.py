@@ -752,7 +752,9 @@ def read_downlink(source: str | Path | bytes, strict: bool = True) -> DownlinkFi
         raise fail(9, f"header of {hlen} bytes runs past the end of the {len(buf)}-byte file (truncated)")
     (hcrc,) = struct.unpack_from("<I", buf, hend)
     if zlib.crc32(buf[:hend]) != hcrc:
-        raise fail(hend, "header checksum mismatch (the header is damaged)")
+        # Offset 9, not hend: a damaged length field puts hend (and the checksum read) past the real header.
+        raise fail(9, f"header checksum mismatch over bytes 0-{hend} (checksum at offset {hend}): "
+                      "the header or its length field is damaged")
     try:
         header = json.loads(_inflate(buf[13:hend], 1 << 24))
         tables = _ReadTables(header)

@@ -151,7 +151,8 @@ def test_garbage_and_foreign_files_are_refused_with_an_offset(pass_file: tuple[b
         (b"hello world, this is not it", 0, "not a raman-edge downlink file"),
         (dl.MAGIC, 8, "truncated"),
         (dl.MAGIC + b"\x02" + data[9:], 8, "format version 2"),
-        (data[:20] + bytes([data[20] ^ 0xFF]) + data[21:], _header_end(data) - 4, "header checksum"),
+        (data[:20] + bytes([data[20] ^ 0xFF]) + data[21:], 9, "header checksum"),
+        (data[:10] + bytes([data[10] ^ 0x01]) + data[11:], 9, "header checksum"),  # the length field itself
     ]:
         with pytest.raises(DownlinkFormatError, match=what) as e:
             read_downlink(junk, strict=False)
