@@ -43,6 +43,7 @@ as before and the shipped model's training command still reproduces it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -477,8 +478,6 @@ class Augmenter:
 
     def _split(self, y: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Training passes the same raw array every epoch: estimate its backgrounds once.
-        import hashlib
-
         key = hashlib.sha1(y.tobytes() + axis.tobytes()).digest()
         if key not in self._split_cache:
             if len(self._split_cache) >= 8:
