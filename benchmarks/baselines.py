@@ -599,6 +599,18 @@ def fmt_mean_std(s: dict[str, Any] | None, pct: bool = True) -> str:
 
 
 
+def previous_result(out: "Path | None") -> dict[str, Any] | None:
+    """An earlier run's JSON at ``out`` (to merge or resume from), or None when absent or unreadable."""
+    if out is None or not out.exists():
+        return None
+    try:
+        old = json.loads(out.read_text())
+    except ValueError:
+        log.warning("%s: not JSON; starting afresh", out)
+        return None
+    return old if isinstance(old, dict) else None
+
+
 @contextlib.contextmanager
 def quiet_sklearn() -> Iterator[None]:
     """Silence scikit-learn's convergence warnings (MLP epochs are capped on purpose)."""

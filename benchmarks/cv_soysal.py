@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from calibration.dataset import Dataset, file_sha256, load_dataset  # noqa: E402
+from benchmarks.baselines import previous_result  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rruff-soysal" / "raw_train.npz"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -241,8 +242,8 @@ def main(data: Path, folds: int, seed: int, epochs: int | None, threads: int, se
         out = RESULTS / ("cv_soysal_sweep.json" if sweep else "cv_soysal.json")
     previous: dict[str, dict[str, Any]] = {}
     knn: dict[str, Any] | None = None
-    if resume and out is not None and out.exists():
-        old = json.loads(out.read_text())
+    old = previous_result(out) if resume else None
+    if old is not None:
         if (old.get("data_sha256"), old.get("folds"), old.get("seed")) == (file_sha256(data), folds, seed):
             previous = {json.dumps(r["config"], sort_keys=True): r for r in old.get("sweep", [])}
             knn = old.get("knn")

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import (quiet_sklearn, CNNModel, PeakCounter, discover_architectures, evaluate,  # noqa: E402
+from benchmarks.baselines import (previous_result, quiet_sklearn, CNNModel, PeakCounter, discover_architectures, evaluate,  # noqa: E402
                                   fmt_mean_std, model_factory, provenance, split_model_list)
 from benchmarks.protocols import grouped_split, random_split, summarise  # noqa: E402
 from calibration.dataset import Dataset, load_dataset  # noqa: E402
@@ -214,11 +214,8 @@ def merge(out: Path, doc: dict[str, Any], fresh: bool) -> dict[str, Any]:
     Each model entry records its own seeds, so cheap baselines over three seeds
     and a CNN over one can share the file.
     """
-    if fresh or not out.exists():
-        return doc
-    try:
-        old = json.loads(out.read_text())
-    except ValueError:
+    old = None if fresh else previous_result(out)
+    if old is None:
         return doc
     keys = ("test_size",)
     subsets = any(d.get(k) for d in (old, doc) for k in ("quick", "max_train", "max_test"))

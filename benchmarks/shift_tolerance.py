@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from calibration.dataset import file_sha256, load_dataset  # noqa: E402
+from benchmarks.baselines import previous_result  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rruff-soysal" / "raw_train.npz"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -264,8 +265,8 @@ def main(data: Path, folds: int, seed: int, epochs: int | None, threads: int, on
         splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
                       .split(np.zeros(len(dataset)), dataset.labels))
     done: dict[str, Any] = {}
-    if out is not None and out.exists():
-        old = json.loads(out.read_text())
+    old = previous_result(out)
+    if old is not None:
         if (old.get("data_sha256"), old.get("folds"), old.get("seed")) == (sha, folds, seed):
             done = old.get("candidates", {})
     import torch

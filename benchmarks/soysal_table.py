@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import (quiet_sklearn, BASELINES, CNNModel, CNNSpec, PeakCounter, discover_architectures,  # noqa: E402
+from benchmarks.baselines import (previous_result, quiet_sklearn, BASELINES, CNNModel, CNNSpec, PeakCounter, discover_architectures,  # noqa: E402
                                   evaluate, fmt_mean_std, model_factory, provenance, split_model_list)
 from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold, summarise  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
@@ -240,11 +240,8 @@ def main(data: Path, model_names: tuple[str, ...], folds: int, seed: int, shifts
 
 def merge(out: Path, doc: dict[str, Any], fresh: bool) -> dict[str, Any]:
     """Keep the models of an earlier run with the same protocol that this run did not redo."""
-    if fresh or not out.exists():
-        return doc
-    try:
-        old = json.loads(out.read_text())
-    except ValueError:
+    old = None if fresh else previous_result(out)
+    if old is None:
         return doc
     same = (old.get("data", [{}])[0].get("sha256") == doc["data"][0]["sha256"]
             and {k: old.get("protocol", {}).get(k) for k in ("folds", "seed", "shifts_cm1", "shift_fill")}
