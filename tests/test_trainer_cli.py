@@ -49,6 +49,21 @@ def test_summary_printed_unless_quiet(npz, tmp_path):
     assert "classes" in r.output and "epochs" in r.output
 
 
+def test_cross_fitted_temperature_reaches_the_manifest(npz, tmp_path):
+    pytest.importorskip("torch")
+    from edge.bundle import load_bundle
+
+    args = [a for a in FAST if a != "--quiet"]
+    r = _invoke(["--data", npz, "--out", tmp_path / "b", "--val-fraction", "0", "--calibrate-folds", "3", *args])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "out-of-fold (3-fold) ECE(15)" in r.output and "no validation split" in r.output
+    b = load_bundle(tmp_path / "b")
+    calib = b.manifest["training"]["metrics"]["calibration"]
+    assert calib["folds"] == 3 and calib["spectra"] == 15 and "cross-fitting" in calib["split"]
+    assert b.manifest["temperature"] == pytest.approx(calib["temperature"])
+    assert b.manifest["training"]["options"]["calibrate_folds"] == 3
+
+
 def test_missing_file(tmp_path):
     r = _invoke(["--data", tmp_path / "nope.npz", "--out", tmp_path / "b"])
     assert r.exit_code != 0
@@ -79,7 +94,8 @@ def test_nan_spectrum(tmp_path):
 
 @pytest.mark.parametrize("opt,value", [("--pool", "0"), ("-n", "17"), ("--dense", "0"), ("--epochs", "0"),
                                        ("--lr", "0"), ("--val-fraction", "0.8"), ("--arch", "vgg"),
-                                       ("--batch-size", "-1"), ("--seed", "-5"), ("--dropout", "1")])
+                                       ("--batch-size", "-1"), ("--seed", "-5"), ("--dropout", "1"),
+                                       ("--calibrate-folds", "21")])
 def test_bad_option_values(npz, tmp_path, opt, value):
     r = _invoke(["--data", npz, "--out", tmp_path / "b", opt, value])
     assert r.exit_code == 2

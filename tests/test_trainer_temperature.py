@@ -147,3 +147,49 @@ def test_calibration_benchmark_quick(tmp_path: Path) -> None:
     for f in doc["folds_detail"]:
         assert f["before"]["top1"] == f["after"]["top1"] and f["temperature"] > 0
     assert "held-out ECE after scaling" in r.stdout
+
+
+def test_crossfit_temperature_uses_out_of_fold_logits_only(synthetic) -> None:
+    from sklearn.model_selection import StratifiedKFold
+
+    from trainer.train import TrainConfig, predict_logits, preprocess_dataset, train
+
+    cfg = TrainConfig(**FAST, val_fraction=0.0, calibrate_folds=3)
+    result = train(synthetic, cfg)
+    calib = result.metrics["calibration"]
+    assert result.val_index.size == 0 and result.train_index.size == len(synthetic)
+    assert calib["folds"] == 3 and calib["left_out"] == 0 and calib["spectra"] == len(synthetic)
+    assert result.temperature == calib["temperature"] != 1.0
+    # Calibration never touches the model: same weights as an uncalibrated run of the recipe.
+    plain = train(synthetic, TrainConfig(**FAST, val_fraction=0.0, calibrate=False))
+    x = preprocess_dataset(synthetic)
+    np.testing.assert_array_equal(predict_logits(result.model, x), predict_logits(plain.model, x))
+    # Recomputed by hand: each fold's model scores only the spectra it did not train on.
+    sub = TrainConfig(**FAST, val_fraction=0.0, calibrate=False)
+    logits = np.zeros((len(synthetic), len(synthetic.classes)))
+    for tr, te in StratifiedKFold(3, shuffle=True, random_state=0).split(x, synthetic.labels):
+        logits[te] = predict_logits(train(synthetic.subset(tr), sub).model, x[te])
+    y = np.searchsorted(np.asarray(synthetic.classes), synthetic.labels)
+    assert calib["temperature"] == pytest.approx(fit_temperature(logits, y), rel=1e-6)
+    assert calib["temperature"] != pytest.approx(fit_temperature(predict_logits(result.model, x), y), rel=1e-3)
+
+
+def test_crossfit_leaves_out_a_mineral_no_fold_can_score(synthetic) -> None:
+    from trainer.train import TrainConfig, train
+
+    last = synthetic.classes[-1]
+    keep = np.r_[np.nonzero(synthetic.labels != last)[0], np.nonzero(synthetic.labels == last)[0][:1]]
+    single = synthetic.subset(np.sort(keep))
+    result = train(single, TrainConfig(**FAST, val_fraction=0.0, calibrate_folds=3))
+    calib = result.metrics["calibration"]
+    assert calib["left_out"] == 1 and calib["spectra"] == len(single) - 1
+    assert np.isfinite(result.temperature)
+
+
+def test_crossfit_options_are_checked() -> None:
+    from trainer.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="calibrate_folds"):
+        TrainConfig(calibrate_folds=1).check()
+    with pytest.raises(ConfigError, match="calibrate_folds"):
+        TrainConfig(calibrate_folds=3, semi="contrastive").check()

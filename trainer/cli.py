@@ -112,6 +112,11 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
                    "docs/augmentation.md.")
 @click.option("--calibrate/--no-calibrate", default=_D.calibrate, show_default=True,
               help="Fit a softmax temperature on the validation split (ECE before/after in the manifest).")
+@click.option("--calibrate-folds", type=click.IntRange(0, 20), default=_D.calibrate_folds, show_default=True,
+              metavar="K",
+              help="Fit the temperature by K-fold cross-fitting instead (K extra models of the same recipe, "
+                   "each scoring the fold it did not see): for --val-fraction 0, where the model trains on "
+                   "every spectrum. 0: the validation split.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=_D.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Torch CPU threads [default: min(4, available CPUs)].")
@@ -161,7 +166,8 @@ def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
                    f"(best {result.best_epoch}), {val}, {result.seconds:.0f} s -> {bundle.path}")
         if "calibration" in m:
             c = m["calibration"]
-            click.echo(f"temperature {c['temperature']:.3f}: validation ECE(15) {c['ece_before']:.3f} -> "
+            where = f"out-of-fold ({c['folds']}-fold)" if c.get("folds") else "validation"
+            click.echo(f"temperature {c['temperature']:.3f}: {where} ECE(15) {c['ece_before']:.3f} -> "
                        f"{c['ece_after']:.3f}, mean margin {c['mean_margin_before']:.3f} -> {c['mean_margin_after']:.3f}")
 
 

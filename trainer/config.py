@@ -208,6 +208,10 @@ class TrainConfig:
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
     #: Fit a softmax temperature on the validation split and store it in the bundle (trainer.temperature).
     calibrate: bool = True
+    #: 0: fit that temperature on the validation split.  K >= 2: fit it on the out-of-fold logits of
+    #: K extra models of the same recipe, each trained on K-1 stratified folds (cross-fitting), so a
+    #: model trained on every spectrum (``val_fraction`` 0) is calibrated on spectra its twins never saw.
+    calibrate_folds: int = 0
     #: Expected Raman-shift drift (cm⁻¹) that ``pool``, ``n_pool`` and the shift augmentation were
     #: chosen for by ``trainer.tolerance.apply_shift_tolerance``; None when not asked for.
     shift_tolerance: float | None = None
@@ -243,6 +247,7 @@ class TrainConfig:
             ("lr", 0.0 < self.lr <= 1.0 and np.isfinite(self.lr), "in (0, 1]"),
             ("patience", self.patience >= 1, ">= 1"),
             ("val_fraction", 0.0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
+            ("calibrate_folds", self.calibrate_folds == 0 or 2 <= self.calibrate_folds <= 20, "0 or in 2..20"),
             ("monitor", self.monitor in ("loss", "accuracy"), "'loss' or 'accuracy'"),
             ("seed", 0 <= self.seed < 2**32, "in 0..2**32-1"),
             ("threads", self.threads is None or self.threads >= 1, ">= 1"),
@@ -253,6 +258,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
         if self.semi is not None and self.semi not in SEMI_METHODS:
             raise ConfigError(f"semi must be one of {list(SEMI_METHODS)} or None, got {self.semi!r}")
+        if self.semi is not None and self.calibrate_folds:
+            raise ConfigError("calibrate_folds: cross-fitted temperatures are for supervised training; "
+                              f"--semi {self.semi} fits T on its validation split")
         self.semi_config.check()
         return self
 

@@ -22,8 +22,10 @@ deterministic algorithms are requested.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -293,7 +295,12 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
         v_loss, v_acc, v_logits = _evaluate(model, x_val, y_val)
         metrics.update(val_loss=v_loss, val_top1=v_acc, val_top3=topk_accuracy(v_logits, y_val.numpy(), 3))
     temperature = 1.0
-    if config.calibrate and x_val is not None:
+    if config.calibrate and config.calibrate_folds >= 2 and init_model is None:
+        temperature, calib = crossfit_temperature(dataset, config, preprocessing=pre.spec)
+        metrics["calibration"] = calib
+        log.info("temperature %.3f: out-of-fold ECE(15) %.3f -> %.3f (%d-fold cross-fitting)", temperature,
+                 calib["ece_before"], calib["ece_after"], config.calibrate_folds)
+    elif config.calibrate and x_val is not None:
         # Temperature scaling on the same validation split early stopping used (trainer.temperature).
         temperature, calib = calibrate(v_logits, y_val.numpy())
         metrics["calibration"] = dict(calib, split="validation (the early-stopping split; T fitted there)")
@@ -306,6 +313,70 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
                        seconds=time.perf_counter() - t_start, temperature=temperature)
 
 
+def crossfit_temperature(dataset: Dataset, config: TrainConfig, *,
+                         preprocessing: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    """Softmax temperature from out-of-fold logits (K-fold cross-fitting).
+
+    ``config.calibrate_folds`` = K models of ``config``'s recipe are trained, each on K-1
+    stratified folds (scikit-learn ``StratifiedKFold``, shuffled with ``config.seed``), and
+    each scores the fold it did not see.  T is fitted on those out-of-fold logits: held-out
+    evidence for a final model that trains on every spectrum.  A spectrum whose mineral is
+    missing from its fold's training part (a mineral with a single spectrum) cannot be
+    scored and is left out; a mineral a fold's model does not know gets a logit far below
+    the others in that row.
+
+    Returns
+    -------
+    (float, dict)
+        T and :func:`trainer.temperature.calibrate`'s summary, plus ``split``, ``folds`` and
+        ``left_out`` (spectra that could not be scored).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    k = config.calibrate_folds
+    if k < 2:
+        raise ConfigError(f"calibrate_folds must be >= 2 for cross-fitting, got {k}")
+    pre = Preprocessor(preprocessing if preprocessing is not None else DEFAULT_SPEC)
+    classes = dataset.classes
+    counts = np.unique(dataset.labels, return_counts=True)[1]
+    if counts.max() < k:
+        raise ConfigError(f"{dataset.path or 'dataset'}: {k}-fold cross-fitting needs a mineral with at least "
+                          f"{k} spectra (the largest has {counts.max()})")
+    sub = dataclasses.replace(config, calibrate=False, calibrate_folds=0)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed % 2**32)
+    rows: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    left_out = 0
+    with warnings.catch_warnings():  # minerals with fewer than k spectra: sklearn warns, the folds stay valid
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(folds.split(np.zeros(len(dataset.labels)), dataset.labels))
+    for i, (tr, te) in enumerate(splits, 1):
+        part = dataset.subset(tr)
+        if len(part.classes) < 2:
+            left_out += te.size
+            continue
+        log.info("cross-fitting the temperature: fold %d/%d (%d spectra, %d scored)", i, k, tr.size, te.size)
+        result = train(part, sub, preprocessing=pre.spec)
+        known = np.isin(dataset.labels[te], part.classes)
+        left_out += int((~known).sum())
+        te = te[known]
+        if te.size == 0:
+            continue
+        where = [f"{dataset.path or 'dataset'}: spectrum {j} ({dataset.labels[j]})" for j in te]
+        fold_logits = predict_logits(result.model, pre.batch(dataset.spectra[te], dataset.wavenumbers, where=where))
+        full = np.full((te.size, len(classes)), 0.0, dtype=np.float64)
+        full[:] = fold_logits.min(axis=1, keepdims=True) - 1e3  # minerals this fold's model never saw
+        full[:, np.searchsorted(np.asarray(classes), part.classes)] = fold_logits
+        rows.append(full)
+        ys.append(np.searchsorted(np.asarray(classes), dataset.labels[te]))
+    if not rows:
+        raise ConfigError(f"{dataset.path or 'dataset'}: no spectrum could be scored out of fold")
+    temperature, calib = calibrate(np.concatenate(rows), np.concatenate(ys))
+    calib.update(split=f"{k}-fold cross-fitting (out-of-fold logits of {k} models of the same recipe)",
+                 folds=k, left_out=left_out)
+    return temperature, calib
+
+
 def preprocess_dataset(dataset: Dataset, preprocessing: dict[str, Any] | None = None) -> np.ndarray:
     """Preprocessed ``(n, grid)`` float32 spectra of a dataset (no augmentation)."""
     pre = Preprocessor(preprocessing if preprocessing is not None else DEFAULT_SPEC)
@@ -313,5 +384,5 @@ def preprocess_dataset(dataset: Dataset, preprocessing: dict[str, Any] | None = 
     return pre.batch(dataset.spectra, dataset.wavenumbers, where=where)
 
 
-__all__ = ["TrainConfig", "TrainResult", "EpochLog", "train", "split_validation", "class_weights",
-           "predict_logits", "topk_accuracy", "configure_torch", "preprocess_dataset"]
+__all__ = ["TrainConfig", "TrainResult", "EpochLog", "train", "crossfit_temperature", "split_validation",
+           "class_weights", "predict_logits", "topk_accuracy", "configure_torch", "preprocess_dataset"]
