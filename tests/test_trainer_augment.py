@@ -54,7 +54,7 @@ def test_negative_values_are_kept_not_invented():
 
 def test_identity_when_all_probabilities_zero(raw):
     spectra, axis = raw
-    none = AugmentConfig(p_shift=0, p_scale=0, p_baseline=0, p_noise=0)
+    none = AugmentConfig(p_shift=0, p_scale=0, p_baseline=0, p_noise=0, p_background_swap=0)
     assert np.allclose(Augmenter(none, np.random.default_rng(0))(spectra, axis), spectra)
 
 
@@ -70,7 +70,7 @@ def test_baselines_smooth_positive_mean_one():
 
 def test_baseline_scales_with_spectrum_mean(raw):
     spectra, axis = raw
-    cfg = AugmentConfig(p_shift=0, p_scale=0, p_baseline=1.0, p_noise=0, baseline_amplitude=(0.5, 0.5))
+    cfg = AugmentConfig(p_shift=0, p_scale=0, p_baseline=1.0, p_noise=0, p_background_swap=0, baseline_amplitude=(0.5, 0.5))
     out = Augmenter(cfg, np.random.default_rng(0))(spectra, axis)
     added = out - spectra
     assert (added >= -1e-12).all()
@@ -132,7 +132,7 @@ def test_one_shift_definition():
 
 def test_shift_is_bounded(raw):
     spectra, axis = raw
-    cfg = AugmentConfig(p_shift=1.0, max_shift=2.0, p_scale=0, p_baseline=0, p_noise=0)
+    cfg = AugmentConfig(p_shift=1.0, max_shift=2.0, p_scale=0, p_baseline=0, p_noise=0, p_background_swap=0)
     out = Augmenter(cfg, np.random.default_rng(5))(spectra, axis)
     peaks_in, peaks_out = axis[spectra.argmax(1)], axis[out.argmax(1)]
     assert np.abs(peaks_out - peaks_in).max() <= 2.0 + 1e-9
@@ -166,7 +166,7 @@ def test_bad_config(kw):
 from trainer.augment import (BASELINE_KINDS, add_poisson_noise, add_spikes, downsample,  # noqa: E402
                              fluorescence_terms, parse_augment_options)
 
-OFF = dict(p_shift=0, p_scale=0, p_baseline=0, p_noise=0)
+OFF = dict(p_shift=0, p_scale=0, p_baseline=0, p_noise=0, p_background_swap=0)
 ONLY = {
     "baseline": AugmentConfig(**{**OFF, "p_baseline": 1.0, "baseline_kinds": BASELINE_KINDS}),
     "fluorescence": AugmentConfig(**OFF, p_fluorescence=1.0),
@@ -193,7 +193,7 @@ def test_each_effect_shape_finite_seeded(raw, name):
 def test_new_effects_do_not_reshuffle_the_first_effects(raw):
     """Turning a later effect on changes only that effect: the shipped model's draws are kept."""
     spectra, axis = raw
-    base = AugmentConfig(p_shift=1, p_scale=1, p_baseline=1, p_noise=0)
+    base = AugmentConfig(p_shift=1, p_scale=1, p_baseline=1, p_noise=0, p_background_swap=0)
     a = Augmenter(base, np.random.default_rng(3))(spectra, axis)
     b = Augmenter(base.replace(p_fluorescence=1.0), np.random.default_rng(3))(spectra, axis)
     added = b - a

@@ -47,10 +47,9 @@ def test_swap_within_a_batch_is_seeded_and_off_by_default():
     b = Augmenter(cfg, np.random.default_rng(3))(spectra, AXIS)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, spectra)
-    # Off (the default): the other effects draw exactly what they drew before the swap existed.
-    base = AugmentConfig(p_shift=1.0, p_noise=1.0)
+    # Off: the other effects draw exactly what they drew before the swap existed.
+    base = AugmentConfig(p_shift=1.0, p_noise=1.0, p_background_swap=0.0)
     plain = Augmenter(base, np.random.default_rng(4))(spectra, AXIS)
-    assert AugmentConfig().p_background_swap == 0.0
     legacy_child = np.random.default_rng(4).spawn(1)[0].random(5)
     assert np.array_equal(Augmenter(base, np.random.default_rng(4)).extra_rng.random(5), legacy_child)
     np.testing.assert_array_equal(plain, Augmenter(base, np.random.default_rng(4))(spectra, AXIS))

@@ -5,7 +5,7 @@ so that the network sees augmented data through exactly the preprocessing it
 will meet on the rover.  Each effect mimics something a field instrument or a
 field sample does, in the order it happens to the light:
 
-0. **background swap** (``p_background_swap``, off by default) — the sample's own
+0. **background swap** (``p_background_swap``, 0.8 by default) — the sample's own
    fluorescence: its smooth background (asls estimate) is replaced by a *real*
    background of another spectrum, keeping that donor's background-to-Raman
    ratio times a random factor (:class:`BackgroundBank`);
@@ -38,8 +38,10 @@ All randomness comes from the ``numpy.random.Generator`` passed in, so a seed
 reproduces the augmented data exactly.  Effects 1–3 and the Gaussian noise draw
 from that generator in the same order as the first version of this module (the
 shipped model's), and effects added later draw from a child generator spawned
-from it, so with their probabilities at 0 (the defaults) the output is the same
-as before and the shipped model's training command still reproduces it.
+from it, so with their probabilities at 0 the output is the same as before.  The
+background swap draws from a second child generator; it is on by default since
+stop 11 (+5.8 / +8.1 points of 5-fold CV top-1 on the Soysal split, seeds 0 / 1),
+so ``--aug p_background_swap=0`` reproduces models trained before it.
 """
 from __future__ import annotations
 
@@ -125,7 +127,7 @@ class AugmentConfig:
     spike_count: tuple[int, int] = (1, 3)
     spike_height: tuple[float, float] = (0.2, 2.0)
     spike_width: tuple[int, int] = (1, 2)
-    p_background_swap: float = 0.0
+    p_background_swap: float = 0.8
     background_factor: tuple[float, float] = (0.2, 3.0)
 
     def __post_init__(self) -> None:
