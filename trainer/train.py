@@ -364,8 +364,8 @@ def crossfit_temperature(dataset: Dataset, config: TrainConfig, *,
             continue
         where = [f"{dataset.path or 'dataset'}: spectrum {j} ({dataset.labels[j]})" for j in te]
         fold_logits = predict_logits(result.model, pre.batch(dataset.spectra[te], dataset.wavenumbers, where=where))
-        full = np.full((te.size, len(classes)), 0.0, dtype=np.float64)
-        full[:] = fold_logits.min(axis=1, keepdims=True) - 1e3  # minerals this fold's model never saw
+        # Minerals this fold's model never saw: a logit far below the row's others.
+        full = np.tile(fold_logits.min(axis=1, keepdims=True).astype(np.float64) - 1e3, (1, len(classes)))
         full[:, np.searchsorted(np.asarray(classes), part.classes)] = fold_logits
         rows.append(full)
         ys.append(np.searchsorted(np.asarray(classes), dataset.labels[te]))
