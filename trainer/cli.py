@@ -19,7 +19,7 @@ import click
 from calibration.errors import ConfigError, MissingExtraError
 
 from .archs import ARCH_NAMES, describe_archs
-from .config import ARCH_NAME, MAX_N_POOL, SEMI_METHODS, TrainConfig
+from .config import ARCH_NAME, MAX_ENSEMBLE, MAX_N_POOL, SEMI_METHODS, TrainConfig
 from .tolerance import MAX_TOLERANCE
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,10 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
               help="Fit the temperature by K-fold cross-fitting instead (K extra models of the same recipe, "
                    "each scoring the fold it did not see): for --val-fraction 0, where the model trains on "
                    "every spectrum. 0: the validation split.")
+@click.option("--ensemble", type=click.IntRange(1, MAX_ENSEMBLE), default=_D.ensemble, show_default=True,
+              metavar="N",
+              help="Train N models (seeds SEED..SEED+N-1) and fold them into one bundle: backbones side by "
+                   "side, logits averaged by one linear head (N times the backbone cost). BENCHMARKS.md.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=_D.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Torch CPU threads [default: min(4, available CPUs)].")
@@ -149,7 +153,7 @@ def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
 
         unlabeled = load_unlabeled(options["unlabeled"], dataset.wavenumbers)  # fail before training
     command = command_line()
-    with EpochProgress(config.epochs, enabled=not quiet) as progress:
+    with EpochProgress(config.epochs * config.ensemble, enabled=not quiet) as progress:
         result = (train_semi(dataset, unlabeled, config, on_epoch=progress) if config.semi
                   else fit(dataset, config, on_epoch=progress))
     if options.get("unlabeled") is not None:

@@ -20,6 +20,8 @@ LIU_FIELDS = ("pool", "n_pool", "dense", "dropout")
 
 #: Semi-supervised methods of ``raman-edge train --semi`` (trainer.semi).
 SEMI_METHODS = ("sgan", "contrastive")
+#: Largest seed ensemble (``--ensemble``): inference cost grows linearly with it.
+MAX_ENSEMBLE = 8
 #: Starts of the contrastive method's linear head (SemiConfig.head_init).
 HEAD_INITS = ("prototypes", "random")
 
@@ -212,6 +214,10 @@ class TrainConfig:
     #: K extra models of the same recipe, each trained on K-1 stratified folds (cross-fitting), so a
     #: model trained on every spectrum (``val_fraction`` 0) is calibrated on spectra its twins never saw.
     calibrate_folds: int = 0
+    #: Seed ensemble size (``--ensemble N``, trainer.ensemble): N models of this recipe, seeds
+    #: ``seed`` .. ``seed + N - 1``, folded into one backbone (features concatenated) and one linear
+    #: head (logits averaged).  1: a single model.
+    ensemble: int = 1
     #: Expected Raman-shift drift (cm⁻¹) that ``pool``, ``n_pool`` and the shift augmentation were
     #: chosen for by ``trainer.tolerance.apply_shift_tolerance``; None when not asked for.
     shift_tolerance: float | None = None
@@ -248,6 +254,7 @@ class TrainConfig:
             ("patience", self.patience >= 1, ">= 1"),
             ("val_fraction", 0.0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
             ("calibrate_folds", self.calibrate_folds == 0 or 2 <= self.calibrate_folds <= 20, "0 or in 2..20"),
+            ("ensemble", 1 <= self.ensemble <= MAX_ENSEMBLE, f"in 1..{MAX_ENSEMBLE}"),
             ("monitor", self.monitor in ("loss", "accuracy"), "'loss' or 'accuracy'"),
             ("seed", 0 <= self.seed < 2**32, "in 0..2**32-1"),
             ("threads", self.threads is None or self.threads >= 1, ">= 1"),
@@ -261,6 +268,8 @@ class TrainConfig:
         if self.semi is not None and self.calibrate_folds:
             raise ConfigError("calibrate_folds: cross-fitted temperatures are for supervised training; "
                               f"--semi {self.semi} fits T on its validation split")
+        if self.semi is not None and self.ensemble > 1:
+            raise ConfigError(f"ensemble: seed ensembles are for supervised training, not --semi {self.semi}")
         self.semi_config.check()
         return self
 

@@ -200,6 +200,9 @@ def build_model(params: dict[str, Any], arch: str | None = None) -> nn.Module:
         Unknown architecture, unknown option or an invalid value.
     """
     params = dict(params)
+    if int(params.get("ensemble", 1)) > 1:  # trainer.ensemble: one member's params do not describe the whole
+        raise ValueError(f"an ensemble of {params['ensemble']} models cannot be rebuilt as one architecture")
+    params.pop("ensemble", None)
     name = arch or params.pop("arch", None) or ARCH_NAME
     params.pop("arch", None)
     try:

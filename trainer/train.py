@@ -165,7 +165,8 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 def train(dataset: Dataset, config: TrainConfig | None = None, *,
           preprocessing: dict[str, Any] | None = None,
           on_epoch: Callable[[EpochLog], None] | None = None,
-          init_model: nn.Module | None = None) -> TrainResult:
+          init_model: nn.Module | None = None,
+          validation_seed: int | None = None) -> TrainResult:
     """Train a model on a labelled dataset of raw spectra.
 
     Parameters
@@ -181,6 +182,9 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
     init_model : torch.nn.Module, optional
         Train this model (e.g. a pretrained backbone, :mod:`trainer.semi`) instead of a freshly
         built one; it must have ``len(dataset.classes)`` outputs.  It is trained in place.
+    validation_seed : int, optional
+        Seed of the validation split (default ``config.seed``): the members of a seed
+        ensemble (``config.ensemble`` > 1, :mod:`trainer.ensemble`) share their ensemble's split.
 
     Returns
     -------
@@ -195,6 +199,10 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
         A spectrum the preprocessing cannot use (names the spectrum).
     """
     config = (config or TrainConfig()).check()
+    if config.ensemble > 1 and init_model is None:
+        from .ensemble import train_ensemble
+
+        return train_ensemble(dataset, config, preprocessing=preprocessing, on_epoch=on_epoch)
     t_start = time.perf_counter()
     pre = Preprocessor(preprocessing if preprocessing is not None else DEFAULT_SPEC)
     classes = dataset.classes
@@ -202,6 +210,8 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
         raise ConfigError(f"{dataset.path or 'dataset'}: need at least 2 classes to train, found {classes}")
     threads = configure_torch(config.seed, config.threads)
     split_ss, aug_ss, shuffle_ss = np.random.SeedSequence(config.seed).spawn(3)
+    if validation_seed is not None:
+        split_ss = np.random.SeedSequence(validation_seed).spawn(3)[0]
     y_all = np.searchsorted(np.asarray(classes), dataset.labels)
     train_idx, val_idx = split_validation(dataset.labels, config.val_fraction, np.random.default_rng(split_ss))
     if config.val_fraction > 0 and val_idx.size == 0:
@@ -294,23 +304,38 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
     if x_val is not None:
         v_loss, v_acc, v_logits = _evaluate(model, x_val, y_val)
         metrics.update(val_loss=v_loss, val_top1=v_acc, val_top3=topk_accuracy(v_logits, y_val.numpy(), 3))
-    temperature = 1.0
-    if config.calibrate and config.calibrate_folds >= 2 and init_model is None:
-        temperature, calib = crossfit_temperature(dataset, config, preprocessing=pre.spec)
-        metrics["calibration"] = calib
-        log.info("temperature %.3f: out-of-fold ECE(15) %.3f -> %.3f (%d-fold cross-fitting)", temperature,
-                 calib["ece_before"], calib["ece_after"], config.calibrate_folds)
-    elif config.calibrate and x_val is not None:
-        # Temperature scaling on the same validation split early stopping used (trainer.temperature).
-        temperature, calib = calibrate(v_logits, y_val.numpy())
-        metrics["calibration"] = dict(calib, split="validation (the early-stopping split; T fitted there)")
-        log.info("temperature %.3f: validation ECE(15) %.3f -> %.3f", temperature, calib["ece_before"],
-                 calib["ece_after"])
-    elif config.calibrate:
-        log.warning("no validation split: temperature left at 1.0 (not calibrated)")
+    temperature = fit_temperature(dataset, config, pre.spec, metrics,
+                                  (v_logits, y_val.numpy()) if x_val is not None else None,
+                                  crossfit=init_model is None)
     return TrainResult(model=model, classes=classes, config=config, preprocessing=pre.spec, history=history,
                        best_epoch=best_epoch, train_index=train_idx, val_index=val_idx, metrics=metrics,
                        seconds=time.perf_counter() - t_start, temperature=temperature)
+
+
+def fit_temperature(dataset: Dataset, config: TrainConfig, preprocessing: dict[str, Any], metrics: dict[str, Any],
+                    validation: tuple[np.ndarray, np.ndarray] | None, *, crossfit: bool = True) -> float:
+    """The softmax temperature ``config`` asks for; its summary goes to ``metrics["calibration"]``.
+
+    Cross-fitted (:func:`crossfit_temperature`) when ``config.calibrate_folds`` >= 2 and
+    ``crossfit``; else fitted on ``validation`` = (logits, labels) of the early-stopping split;
+    1.0 when not asked for or there is no validation split.
+    """
+    if config.calibrate and config.calibrate_folds >= 2 and crossfit:
+        temperature, calib = crossfit_temperature(dataset, config, preprocessing=preprocessing)
+        metrics["calibration"] = calib
+        log.info("temperature %.3f: out-of-fold ECE(15) %.3f -> %.3f (%d-fold cross-fitting)", temperature,
+                 calib["ece_before"], calib["ece_after"], config.calibrate_folds)
+        return temperature
+    if config.calibrate and validation is not None:
+        # Temperature scaling on the same validation split early stopping used (trainer.temperature).
+        temperature, calib = calibrate(*validation)
+        metrics["calibration"] = dict(calib, split="validation (the early-stopping split; T fitted there)")
+        log.info("temperature %.3f: validation ECE(15) %.3f -> %.3f", temperature, calib["ece_before"],
+                 calib["ece_after"])
+        return temperature
+    if config.calibrate:
+        log.warning("no validation split: temperature left at 1.0 (not calibrated)")
+    return 1.0
 
 
 def crossfit_temperature(dataset: Dataset, config: TrainConfig, *,
@@ -384,5 +409,5 @@ def preprocess_dataset(dataset: Dataset, preprocessing: dict[str, Any] | None = 
     return pre.batch(dataset.spectra, dataset.wavenumbers, where=where)
 
 
-__all__ = ["TrainConfig", "TrainResult", "EpochLog", "train", "crossfit_temperature", "split_validation",
-           "class_weights", "predict_logits", "topk_accuracy", "configure_torch", "preprocess_dataset"]
+__all__ = ["TrainConfig", "TrainResult", "EpochLog", "train", "fit_temperature", "crossfit_temperature",
+           "split_validation", "class_weights", "predict_logits", "topk_accuracy", "configure_torch", "preprocess_dataset"]

@@ -1,0 +1,107 @@
+"""Seed ensembles (``raman-edge train --ensemble N``): members, folding into one backbone + linear head, bundle."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.errors import ConfigError
+
+torch = pytest.importorskip("torch")
+
+FAST = dict(pool=4, n_pool=4, dense=16, epochs=3, batch_size=8, threads=1, seed=5)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory):
+    from calibration.dataset import load_dataset
+    from trainer.synthetic import write_synthetic_npz
+
+    return load_dataset(write_synthetic_npz(tmp_path_factory.mktemp("data") / "synth.npz", n_classes=4,
+                                            per_class=[8, 7, 6, 6], seed=4))
+
+
+def test_ensemble_is_the_mean_of_its_members_trained_as_single_seeds(synthetic) -> None:
+    from trainer.train import TrainConfig, predict_logits, preprocess_dataset, train
+
+    result = train(synthetic, TrainConfig(**FAST, ensemble=3))
+    x = preprocess_dataset(synthetic)
+    # Member j is exactly `--seed S+j` alone (same validation split: the one of seed S) ...
+    singles = [train(synthetic, TrainConfig(**{**FAST, "seed": FAST["seed"] + j}, calibrate=False),
+                     validation_seed=FAST["seed"]) for j in range(3)]
+    member_logits = [predict_logits(s.model, x) for s in singles]
+    # ... and the folded network's logits are their mean, its features their concatenation.
+    assert np.allclose(predict_logits(result.model, x), np.mean(member_logits, axis=0), atol=1e-5)
+    assert not np.allclose(member_logits[0], member_logits[1], atol=1e-3)  # the seeds did differ
+    with torch.no_grad():
+        feats = result.model.backbone(torch.from_numpy(x)).numpy()
+    assert feats.shape == (len(x), 3 * 16) == (len(x), result.model.feature_size)
+    assert [m["seed"] for m in result.metrics["members"]] == [5, 6, 7]
+    assert result.metrics["ensemble"] == 3 and len(result.history) == result.metrics["epochs_run"] == 9
+    # one validation split held out from every member; the temperature is fitted there on the ensemble
+    assert all(np.array_equal(s.val_index, result.val_index) for s in singles) and result.val_index.size
+    calib = result.metrics["calibration"]
+    assert calib["spectra"] == result.val_index.size and result.temperature == calib["temperature"]
+
+
+def test_ensemble_bundle_runs_on_the_edge_and_takes_a_new_head(tmp_path: Path, synthetic) -> None:
+    from edge.bundle import load_bundle
+    from edge.classifier import Classifier
+    from edge.head import read_linear_head
+    from trainer.export import save_bundle
+    from trainer.train import TrainConfig, predict_logits, preprocess_dataset, train
+
+    result = train(synthetic, TrainConfig(**FAST, ensemble=2))
+    bundle = save_bundle(tmp_path / "b", result, synthetic, command="test")
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    assert manifest["architecture"]["params"]["ensemble"] == 2 and manifest["feature_size"] == 32
+    w, b = read_linear_head(bundle.head_path.read_bytes())
+    assert w.shape == (len(synthetic.classes), 32)
+    x = preprocess_dataset(synthetic)
+    edge_logits = Classifier(load_bundle(bundle.path)).logits(x)
+    assert np.allclose(edge_logits, predict_logits(result.model, x), atol=1e-4)
+
+
+def test_ensemble_progress_counts_every_member_epoch(synthetic) -> None:
+    from trainer.train import TrainConfig, train
+
+    seen: list[int] = []
+    train(synthetic, TrainConfig(**FAST, ensemble=2, calibrate=False), on_epoch=lambda e: seen.append(e.epoch))
+    assert seen == list(range(1, 7))
+
+
+def test_ensemble_options_are_checked() -> None:
+    from trainer.config import MAX_ENSEMBLE, TrainConfig
+    from trainer.ensemble import EnsembleNet
+    from trainer.models import build_model
+
+    for bad in (0, MAX_ENSEMBLE + 1):
+        with pytest.raises(ConfigError, match="ensemble"):
+            TrainConfig(ensemble=bad).check()
+    with pytest.raises(ConfigError, match="ensemble"):
+        TrainConfig(ensemble=2, semi="sgan").check()
+    a = build_model({"points": 64, "classes": 3, "pool": 2, "n_pool": 2, "dense": 8})
+    with pytest.raises(ConfigError, match="at least 2"):
+        EnsembleNet([a])
+    other = build_model({"points": 64, "classes": 4, "pool": 2, "n_pool": 2, "dense": 8})
+    with pytest.raises(ConfigError, match="share"):
+        EnsembleNet([a, other])
+    with pytest.raises(ValueError, match="ensemble"):
+        build_model({"points": 64, "classes": 3, "ensemble": 2})
+
+
+def test_cli_ensemble_option(tmp_path: Path, synthetic) -> None:
+    from click.testing import CliRunner
+
+    from trainer.cli import train
+
+    args = ["--data", str(synthetic.path), "--out", str(tmp_path / "b"), "--ensemble", "2", "-m", "4", "-n", "4",
+            "--dense", "8", "--epochs", "2", "--batch-size", "8", "--threads", "1"]
+    r = CliRunner().invoke(train, args)
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["feature_size"] == 16 and manifest["training"]["config"]["ensemble"] == 2
+    bad = CliRunner().invoke(train, args[:4] + ["--ensemble", "9"])
+    assert bad.exit_code == 2 and "--ensemble" in bad.output
