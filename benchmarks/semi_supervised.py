@@ -25,6 +25,16 @@ provided, so for each repeat ``r`` (seed r):
    and augmentation; scores are top-1 / top-3 on the repeat's test set, mean ± std
    over repeats.
 
+6. **Extra unlabelled spectra** (``--extra-unlabeled FILE.npz``, optional, e.g. the
+   Sang Dataset_1 dev set: RRUFF *processed* spectra of 192 minerals, labels removed)
+   join the pool of SGAN and of contrastive pretraining at every fraction.  Leak
+   guard: for each repeat, an extra spectrum whose baseline-insensitive correlation
+   (preprocessed, minus a 61-point running median, Pearson r) with any of that
+   repeat's test spectra reaches ``--leak-guard`` (0.95) is removed, and the count is
+   recorded.  The files carry no link to raw_train.npz, so the guard is by content:
+   it also removes some other specimens of a test mineral (r >= 0.95), never fewer
+   than the exact re-measurements it is there to catch.
+
 Spectra in raw_train.npz carry no RRUFF file names, so specimens cannot be
 grouped: several spectra of one specimen (orientations) may fall on both sides of
 the test split, as in the paper's random splits.
@@ -82,6 +92,23 @@ def test_split(labels: np.ndarray, in_10: np.ndarray, fraction: float, seed: int
     return test
 
 
+def highpass(x: np.ndarray) -> np.ndarray:
+    """Unit-norm, zero-mean rows of ``x`` minus a 61-point running median: peaks kept, baselines gone."""
+    from scipy.ndimage import median_filter
+
+    y = x - median_filter(x, size=(1, 61), mode="nearest")
+    y = y - y.mean(axis=1, keepdims=True)
+    return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+
+def leak_guard(extra: np.ndarray, test: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean keep-mask over preprocessed ``extra`` rows: False where r with any ``test`` row >= threshold."""
+    if not extra.size or not test.size:
+        return np.ones(len(extra), dtype=bool)
+    r = highpass(extra) @ highpass(test).T
+    return r.max(axis=1) < threshold
+
+
 def evaluate(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from trainer.train import predict_logits, topk_accuracy
 
@@ -92,7 +119,7 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from trainer.semi import UnlabeledSet, pretrain_contrastive, train_contrastive, train_sgan
+    from trainer.semi import UnlabeledSet, load_unlabeled, pretrain_contrastive, train_contrastive, train_sgan
     from trainer.train import train
 
     t_all = time.perf_counter()
@@ -108,6 +135,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sgan_cfg = dataclasses.replace(base, semi="sgan", epochs=args.sgan_epochs, patience=args.sgan_patience)
     runs: list[dict[str, Any]] = []
     repeats: list[dict[str, Any]] = []
+    # labels of the extra files are never read: spectra and axis only
+    extras = [load_unlabeled(p, reference_axis=data.wavenumbers) for p in args.extra_unlabeled]
+    extras_pre = [pre.batch(u.spectra, u.wavenumbers) for u in extras]
     for seed in args.seeds:
         test = test_split(data.labels, masks[10], args.test_fraction, seed)
         x_test = pre.batch(data.spectra[test], data.wavenumbers)
@@ -116,10 +146,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pool_all = data.subset(np.nonzero(~test)[0])
         rep: dict[str, Any] = {"seed": seed, "test_spectra": int(test.sum()),
                                "test_minerals": int(np.unique(data.labels[test]).size), "fractions": {}}
+        extra_sets = []
+        for path, u, xp in zip(args.extra_unlabeled, extras, extras_pre):
+            keep = leak_guard(xp, x_test, args.leak_guard)
+            extra_sets.append(UnlabeledSet(u.spectra[keep], u.wavenumbers, path=u.path))
+            rep.setdefault("extra_unlabeled", []).append({"file": str(path), "spectra": len(u),
+                                                          "kept": int(keep.sum()),
+                                                          "removed_by_leak_guard": int((~keep).sum())})
+            log.info("seed %d: %s: %d of %d extra spectra kept (leak guard r < %.2f)", seed, path,
+                     int(keep.sum()), len(u), args.leak_guard)
         pretrained = None
         if {"contrastive", "contrastive_frozen"} & set(args.methods):
             t0 = time.perf_counter()
-            pretrained = pretrain_contrastive([(pool_all.spectra, pool_all.wavenumbers)],
+            pretrained = pretrain_contrastive([(pool_all.spectra, pool_all.wavenumbers)]
+                                              + [(u.spectra, u.wavenumbers) for u in extra_sets],
                                               dataclasses.replace(cfg, semi="contrastive"), classes=len(classes))
             rep["pretrain"] = {"spectra": pretrained.pool_spectra, "epochs": len(pretrained.history),
                                "seconds": round(time.perf_counter() - t0, 1),
@@ -134,8 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             missing = sorted(set(classes) - set(labelled.labels.tolist()))
             if missing:  # the model's class list must be the full one for a comparable test
                 raise SystemExit(f"fraction {f}: minerals without a labelled spectrum: {missing}")
-            unl = UnlabeledSet(data.spectra[~lab & ~test], data.wavenumbers)
-            rep["fractions"][f] = {"labelled": int(lab.sum()), "unlabelled": len(unl)}
+            unl = [UnlabeledSet(data.spectra[~lab & ~test], data.wavenumbers)] + extra_sets
+            rep["fractions"][f] = {"labelled": int(lab.sum()), "unlabelled": int(sum(len(u) for u in unl))}
 
             def record(method: str, model: Any, seconds: float, epochs: int, **more: Any) -> None:
                 scores = evaluate(model, x_test, y_test)
@@ -198,6 +238,7 @@ def _result(args: argparse.Namespace, base: TrainConfig, semi: SemiConfig, runs:
         "data": str(args.data), "data_sha256": file_sha256(args.data),
         "protocol": __doc__.split("Protocol (also written into the result JSON)")[1].split("Run (whole")[0].strip(),
         "test_fraction": args.test_fraction,
+        "extra_unlabeled": [str(p) for p in args.extra_unlabeled], "leak_guard": args.leak_guard,
         "config": {"supervised": base.to_dict(), "sgan": {"epochs": args.sgan_epochs, "patience": args.sgan_patience},
                    "contrastive": "pretrain once per repeat on every non-test spectrum; linear head on the frozen "
                                   "encoder (contrastive_frozen); then fine-tune the whole network at "
@@ -244,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=100)
     p.add_argument("--head-epochs", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--extra-unlabeled", type=Path, action="append", default=[], metavar="FILE.npz",
+                   help="more unlabelled spectra for SGAN and contrastive pretraining (labels in the file are ignored)")
+    p.add_argument("--leak-guard", type=float, default=0.95,
+                   help="drop extra spectra whose high-passed correlation with a test spectrum reaches this")
     p.add_argument("--aug", action="append", default=[], metavar="NAME=VALUE",
                    help="augmentation option for every method (as raman-edge train --aug), e.g. p_background_swap=0.8")
     p.add_argument("--head-init", default="prototypes", choices=("prototypes", "random"),

@@ -236,6 +236,23 @@ def test_benchmark_test_split_protocol():
     assert not np.array_equal(test, bench.test_split(labels, in_10, 0.25, seed=2))
 
 
+def test_benchmark_leak_guard_removes_remeasurements_keeps_other_spectra():
+    bench = _bench()
+    x = np.linspace(200, 1591, 1392)
+
+    def peaks(centres, baseline=0.0):
+        y = sum(1.0 / (1 + ((x - c) / 6.0) ** 2) for c in centres) + baseline
+        return y / y.max()
+
+    test = np.stack([peaks([465, 1085]), peaks([700, 1330])])
+    slope = np.linspace(0, 2, x.size)  # the same peaks on a fluorescence-like slope: a processed/raw pair
+    extra = np.stack([test[0], peaks([700, 1330], baseline=slope), peaks([520, 960]), peaks([300, 1200, 1500])])
+    keep = bench.leak_guard(extra, test, 0.95)
+    assert keep.tolist() == [False, False, True, True]
+    assert bench.leak_guard(extra, test, 1.01).all()  # a threshold above 1 removes nothing
+    assert bench.leak_guard(extra[:0], test, 0.95).shape == (0,)
+
+
 @pytest.mark.slow
 def test_benchmark_quick_run(tmp_path):
     data = shared_data("rruff-soysal", "raw_train.npz")
