@@ -105,3 +105,15 @@ def test_cli_ensemble_option(tmp_path: Path, synthetic) -> None:
     assert manifest["feature_size"] == 16 and manifest["training"]["config"]["ensemble"] == 2
     bad = CliRunner().invoke(train, args[:4] + ["--ensemble", "9"])
     assert bad.exit_code == 2 and "--ensemble" in bad.output
+
+
+def test_ensemble_cv_benchmark_scores_every_size_from_the_same_members(synthetic) -> None:
+    import benchmarks.ensemble_cv as bench
+
+    doc = bench.run(Path(synthetic.path), "cnn:liu:pool=4,n_pool=4,dense=8,val_fraction=0", members=2, folds=2,
+                    seed=3, threads=1, epochs=2)
+    assert doc["member_seeds"] == [3, 4] and len(doc["folds"]) == 2
+    for row in doc["folds"]:
+        assert row["ensemble_top1"][0] == row["member_top1"][0]  # an ensemble of one is its first member
+        assert len(row["ensemble_top1"]) == 2 and 0.0 <= row["ensemble_top1"][1] <= 1.0
+    assert sum(r["test_spectra"] for r in doc["folds"]) == len(synthetic)

@@ -1,0 +1,124 @@
+"""Seed ensembles on the Soysal split: what each added member buys (stratified 5-fold CV).
+
+For every fold of :func:`benchmarks.protocols.stratified_kfold` (the folds of
+``soysal_table.py``), ``N`` members of one CNN recipe are trained with seeds
+``seed .. seed+N-1`` (exactly the members ``raman-edge train --ensemble N --seed
+SEED`` trains), and the ensembles of the first 1, 2, ..., N members are scored by
+averaging their logits, which is what :class:`trainer.ensemble.EnsembleNet`
+computes (``tests/test_trainer_ensemble.py`` checks the equality).  One run thus
+gives every ensemble size from the same members.
+
+Usage (repository root)::
+
+    nice -n 2 python benchmarks/ensemble_cv.py --members 3 --threads 2     # ~12 min on 2 cores
+    python benchmarks/ensemble_cv.py --quick --out /tmp/e.json              # smoke run
+
+Writes ``benchmarks/results/ensemble_cv.json`` and prints a table.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.baselines import CNNModel, CNNSpec, provenance  # noqa: E402
+from benchmarks.protocols import stratified_kfold  # noqa: E402
+from calibration.dataset import load_dataset  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rruff-soysal" / "raw_train.npz"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "ensemble_cv.json"
+#: The shipped default model's recipe (README, "The shipped default model").
+DEFAULT_SPEC = "cnn:liu:val_fraction=0,epochs=250"
+
+log = logging.getLogger("ensemble_cv")
+
+
+def top1(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean())
+
+
+def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int,
+        epochs: int | None) -> dict[str, Any]:
+    dataset = load_dataset(data)
+    splits = stratified_kfold(dataset.labels, folds, seed)
+    rows: list[dict[str, Any]] = []
+    t_all = time.perf_counter()
+    for f, split in enumerate(splits):
+        train, test = dataset.subset(split.train), dataset.subset(split.test)
+        logits, y = [], None
+        for j in range(members):
+            t0 = time.perf_counter()
+            model = CNNModel(CNNSpec.parse(spec), seed=seed + j, threads=threads, epochs=epochs).fit(train)
+            z = model.scores(test.spectra, test.wavenumbers)
+            y = np.searchsorted(model.classes, test.labels)
+            logits.append(z)
+            log.info("fold %d member %d (seed %d): top-1 %.3f (%.0f s)", f + 1, j + 1, seed + j, top1(z, y),
+                     time.perf_counter() - t0)
+        rows.append({"fold": f + 1, "test_spectra": int(y.size),
+                     "member_top1": [top1(z, y) for z in logits],
+                     "ensemble_top1": [top1(np.mean(logits[:n], axis=0), y) for n in range(1, members + 1)]})
+    ens = np.array([r["ensemble_top1"] for r in rows])
+    mem = np.array([r["member_top1"] for r in rows])
+    return {
+        "benchmark": "ensemble_cv", **provenance([data], threads),
+        "protocol": {"name": "stratified k-fold CV", "folds": folds, "seed": seed},
+        "spec": spec, "members": members, "member_seeds": [seed + j for j in range(members)],
+        "seconds": round(time.perf_counter() - t_all, 1),
+        "folds": rows,
+        "summary": {
+            "member_top1_mean": [round(float(v), 4) for v in mem.mean(0)],
+            "member_top1_mean_of_members": round(float(mem.mean()), 4),
+            "ensemble_top1_mean": [round(float(v), 4) for v in ens.mean(0)],
+            "ensemble_top1_std": [round(float(v), 4) for v in ens.std(0, ddof=1)] if len(rows) > 1 else None,
+        },
+    }
+
+
+@click.command()
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_DATA, show_default=True)
+@click.option("--spec", default=DEFAULT_SPEC, show_default=True, help="CNN recipe (soysal_table.py syntax).")
+@click.option("--members", type=click.IntRange(2, 8), default=3, show_default=True)
+@click.option("--folds", type=click.IntRange(2, 10), default=5, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**31), default=0, show_default=True,
+              help="Folds and the first member's seed.")
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--quick", is_flag=True, help="2 folds, 2 members, 2 epochs; no JSON unless --out.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: int, quick: bool,
+         out: Path | None) -> None:
+    """Seed ensembles of a CNN recipe: top-1 of 1..N members, 5-fold CV on the Soysal split."""
+    if not data.exists():
+        raise SystemExit(f"{data}: not found (see ../shared/data/README.md)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("trainer").setLevel(logging.WARNING)
+    if quick:
+        members, folds = 2, 2
+    doc = run(data, spec, members, folds, seed, threads, epochs=2 if quick else None)
+    s = doc["summary"]
+    print(f"{spec}, {folds}-fold CV (seed {seed}), members seeds {doc['member_seeds']}")
+    print("| members | ensemble top-1 | single member (seed) |")
+    print("|---:|---:|---:|")
+    for n in range(1, members + 1):
+        std = f" ± {s['ensemble_top1_std'][n - 1]:.3f}" if s["ensemble_top1_std"] else ""
+        print(f"| {n} | {s['ensemble_top1_mean'][n - 1]:.3f}{std} | {s['member_top1_mean'][n - 1]:.3f} "
+              f"({seed + n - 1}) |")
+    if out is None and not quick:
+        out = DEFAULT_OUT
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"{doc['seconds']:.0f} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
