@@ -94,3 +94,49 @@ def test_imprinted_head_is_the_nearest_class_mean_rule():
     assert torch.equal(logits.argmax(1), nearest)
     with pytest.raises(ConfigError, match="head_init"):
         SemiConfig(head_init="zeros").check()
+
+
+# --- band gain (p_band_gain): relative band intensities of the Raman part -----------------------------------
+ONLY_GAIN = AugmentConfig(p_shift=0.0, p_scale=0.0, p_baseline=0.0, p_noise=0.0, p_background_swap=0.0,
+                          p_band_gain=1.0, band_gain=(0.5, 0.5))
+
+
+def test_band_gain_changes_band_ratios_not_positions_or_background():
+    spectra, _ = _pair()
+    out = Augmenter(ONLY_GAIN, np.random.default_rng(1))(spectra, AXIS)
+    back, raman = split_background(spectra, AXIS)
+    new_back, new_raman = split_background(out, AXIS)
+    for i, centres in enumerate(([400, 700, 1000], [300, 900])):
+        idx = [int(c - AXIS[0]) for c in centres]
+        assert all(np.argmax(out[i, j - 8:j + 9]) == 8 for j in idx)   # every band stays where it was
+        before, after = raman[i, idx], new_raman[i, idx]
+        gains = after / before
+        assert np.all((gains > np.exp(-0.55)) & (gains < np.exp(0.55)))  # bounded by exp(±a)
+        assert gains.max() / gains.min() > 1.05                           # ratios between bands moved
+        # the background is untouched (asls sees the same one, within a few % of the bands' height)
+        assert np.abs(new_back[i] - back[i]).max() < 0.05 * raman[i].max()
+    assert out.min() >= 0.0
+
+
+def test_band_gains_are_smooth_bounded_and_seeded():
+    from trainer.augment import band_gains
+
+    amps = np.array([0.0, 0.3, 0.5])
+    g = band_gains(3, AXIS, np.random.default_rng(5), amps)
+    np.testing.assert_array_equal(g[0], 1.0)                                # a = 0: no change
+    for a, row in zip(amps[1:], g[1:]):
+        assert np.log(row).max() == pytest.approx(a) or -np.log(row).min() == pytest.approx(a)
+        assert np.abs(np.diff(np.log(row))).max() < 2 * np.pi * a / 150.0 * 3  # no band-scale wiggles
+    np.testing.assert_array_equal(g, band_gains(3, AXIS, np.random.default_rng(5), amps))
+
+
+def test_band_gain_off_draws_nothing_new_and_is_validated():
+    spectra, _ = _pair()
+    cfg = ONLY_SWAP.replace(background_factor=(0.2, 3.0))
+    a = Augmenter(cfg, np.random.default_rng(3))(spectra, AXIS)
+    b = Augmenter(cfg.replace(p_band_gain=0.0, band_gain=(0.0, 2.0)), np.random.default_rng(3))(spectra, AXIS)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match="p_band_gain"):
+        AugmentConfig(p_band_gain=1.5)
+    with pytest.raises(ConfigError, match="band_gain"):
+        AugmentConfig(band_gain=(0.5, 0.1))

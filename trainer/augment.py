@@ -8,7 +8,10 @@ field sample does, in the order it happens to the light:
 0. **background swap** (``p_background_swap``, 0.8 by default) — the sample's own
    fluorescence: its smooth background (asls estimate) is replaced by a *real*
    background of another spectrum, keeping that donor's background-to-Raman
-   ratio times a random factor (:class:`BackgroundBank`);
+   ratio times a random factor (:class:`BackgroundBank`); before it, the **band
+   gain** (``p_band_gain``, off by default) multiplies the Raman part by a smooth
+   positive curve (:func:`band_gains`): relative band intensities change with
+   crystal orientation and polarisation;
 1. **axis shift** — residual calibration error / thermal drift of the
    spectrometer: the spectrum is re-interpolated at ``axis - δ``; points shifted
    in from outside the measured range take the edge value (a baseline level,
@@ -41,7 +44,8 @@ shipped model's), and effects added later draw from a child generator spawned
 from it, so with their probabilities at 0 the output is the same as before.  The
 background swap draws from a second child generator; it is on by default since
 stop 11 (+5.8 / +8.1 points of 5-fold CV top-1 on the Soysal split, seeds 0 / 1),
-so ``--aug p_background_swap=0`` reproduces models trained before it.
+so ``--aug p_background_swap=0`` reproduces models trained before it.  The band
+gain draws from a third child generator.
 """
 from __future__ import annotations
 
@@ -66,9 +70,11 @@ FLUORESCENCE_KINDS = ("tanh", "cos")
 
 _RANGES = ("scale", "baseline_amplitude", "read_noise", "shot_noise", "fluorescence_amplitude",
            "downsample_factor", "poisson_counts", "spike_count", "spike_height", "spike_width",
-           "background_factor")
+           "background_factor", "band_gain")
 _PROBS = ("p_shift", "p_scale", "p_baseline", "p_noise", "p_fluorescence", "p_downsample", "p_poisson", "p_spikes",
-          "p_background_swap")
+          "p_background_swap", "p_band_gain")
+#: Periods (cm⁻¹) of the smooth curves behind the band gain: wider than a band, narrower than the range.
+BAND_GAIN_PERIODS = (150.0, 600.0)
 #: asls smoothness (on a 1 cm⁻¹ grid) and asymmetry of the background estimate behind the swap.
 SWAP_ASLS = {"lam": 1e5, "p": 0.01}
 
@@ -105,6 +111,11 @@ class AugmentConfig:
         Probability that a spectrum's own fluorescence background (asls estimate) is replaced
         by a *real* one from another spectrum (a donor), and the factor (log-uniform) on the
         donor's background-to-Raman ratio.  See :class:`BackgroundBank`.
+    p_band_gain, band_gain : float, (float, float)
+        Probability that a spectrum's Raman part (spectrum minus its asls background) is
+        multiplied by a smooth positive gain ``exp(a · s(ν))`` — relative band intensities
+        change with crystal orientation and polarisation — and the range of ``a``
+        (:func:`band_gains`; ``s`` has peak magnitude 1 and periods of 150–600 cm⁻¹).
     """
 
     p_shift: float = 0.5
@@ -129,6 +140,8 @@ class AugmentConfig:
     spike_width: tuple[int, int] = (1, 2)
     p_background_swap: float = 0.8
     background_factor: tuple[float, float] = (0.2, 3.0)
+    p_band_gain: float = 0.0
+    band_gain: tuple[float, float] = (0.0, 0.5)
 
     def __post_init__(self) -> None:
         # JSON and the CLI give lists: store tuples so configs compare and hash alike.
@@ -410,6 +423,24 @@ def split_background(spectra: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray,
     return back, y - back
 
 
+def band_gains(n: int, axis: np.ndarray, rng: np.random.Generator, amplitudes: np.ndarray) -> np.ndarray:
+    """Smooth positive gains ``exp(a_i · s_i(ν))``, shape ``(n, points)``.
+
+    ``s_i`` is a random sum of three cosines with periods uniform in
+    :data:`BAND_GAIN_PERIODS` (cm⁻¹), scaled to a peak magnitude of 1, so a gain changes
+    the *relative* intensities of bands a few hundred cm⁻¹ apart (by up to ``exp(±a)``)
+    but never the shape or position of a band.
+    """
+    u = np.asarray(axis, dtype=np.float64) - float(axis[0])
+    periods = rng.uniform(*BAND_GAIN_PERIODS, (n, 3))
+    phases = rng.uniform(0.0, 2 * np.pi, (n, 3))
+    weights = rng.normal(size=(n, 3))
+    curve = np.einsum("nk,nkp->np", weights, np.cos(2 * np.pi * u[None, None, :] / periods[..., None]
+                                                      + phases[..., None]))
+    curve /= np.maximum(np.abs(curve).max(axis=1, keepdims=True), 1e-12)
+    return np.exp(np.asarray(amplitudes, dtype=np.float64)[:, None] * curve)
+
+
 def _raman_level(raman: np.ndarray, spectra: np.ndarray) -> np.ndarray:
     # Mean absolute Raman signal, floored so a nearly featureless spectrum gives no huge ratio.
     return np.maximum(np.abs(raman).mean(axis=1), 1e-3 * np.abs(spectra).max(axis=1) + 1e-12)
@@ -473,7 +504,7 @@ class Augmenter:
         self.rng = rng if rng is not None else np.random.default_rng()
         # Effects added after the first version draw from their own streams (see the module docstring);
         # spawning does not consume numbers from self.rng, and child 0 is the same as spawn(1)'s.
-        self.extra_rng, self.swap_rng = self.rng.spawn(2)
+        self.extra_rng, self.swap_rng, self.band_rng = self.rng.spawn(3)
         #: Backgrounds to swap in (``p_background_swap``); None: the spectra of each call donate.
         self.donors = donors
         self._split_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
@@ -487,24 +518,34 @@ class Augmenter:
             self._split_cache[key] = split_background(y, axis)
         return self._split_cache[key]
 
-    def _swap_backgrounds(self, y: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    def _sample_light(self, y: np.ndarray, axis: np.ndarray) -> np.ndarray:
+        """Band gains on the Raman part, then the background swap (both on the asls split)."""
         c, sr = self.config, self.swap_rng
         n = len(y)
         do = sr.random(n) < c.p_background_swap
         factors = _log_uniform(sr, c.background_factor, n)
-        if not do.any():
+        gained = np.zeros(n, dtype=bool)
+        if c.p_band_gain > 0:
+            br = self.band_rng
+            gained = br.random(n) < c.p_band_gain
+            gains = band_gains(n, axis, br, br.uniform(*c.band_gain, n) * gained)
+        if not (do.any() or gained.any()):
             return y
         back, raman = self._split(y, axis)
         level = _raman_level(raman, y)
-        if self.donors is None:
-            bank = BackgroundBank(axis, back / level[:, None])
-        else:
-            bank = self.donors
-        picks = sr.integers(0, len(bank), n)
         out = y.copy()
-        out[do] = raman[do] + (factors * level)[do, None] * bank.on(axis, picks[do])
+        if gained.any():
+            raman = raman.copy()
+            raman[gained] *= gains[gained]
+            out[gained] = back[gained] + raman[gained]
+        if do.any():
+            bank = BackgroundBank(axis, back / level[:, None]) if self.donors is None else self.donors
+            picks = sr.integers(0, len(bank), n)
+            level = _raman_level(raman, y)
+            out[do] = raman[do] + (factors * level)[do, None] * bank.on(axis, picks[do])
         # A raw spectrum is counts above the dark level: an asls overshoot must not make it negative.
-        out[do] -= np.minimum(out[do].min(axis=1, keepdims=True), 0.0)
+        changed = do | gained
+        out[changed] -= np.minimum(out[changed].min(axis=1, keepdims=True), 0.0)
         return out
 
     def __call__(self, spectra: np.ndarray, axis: np.ndarray) -> np.ndarray:
@@ -515,8 +556,8 @@ class Augmenter:
         if y.ndim != 2 or y.shape[1] != axis.size:
             raise ValueError(f"expected (n, {axis.size}) spectra, got {y.shape}")
         n, p = y.shape
-        if c.p_background_swap > 0:  # first: the sample's own light, before the instrument's effects
-            y = self._swap_backgrounds(y, axis)
+        if c.p_background_swap > 0 or c.p_band_gain > 0:  # first: the sample's own light
+            y = self._sample_light(y, axis)
         # Draw every random number for every spectrum, whether used or not, so that
         # changing one probability does not reshuffle the other effects' draws.
         do = rng.random((n, 4)) < np.array([c.p_shift, c.p_scale, c.p_baseline, c.p_noise])
