@@ -12,6 +12,11 @@ Usage (repository root)::
 
     nice -n 2 python benchmarks/ensemble_cv.py --members 3 --threads 2     # ~12 min on 2 cores
     python benchmarks/ensemble_cv.py --quick --out /tmp/e.json              # smoke run
+    python benchmarks/ensemble_cv.py --latency --members 3                   # ONNX cost of 1 vs N members
+
+``--latency`` exports an untrained single model and an untrained N-member ensemble
+(weights do not change the cost) and times backbone + head, one spectrum at a time,
+in ONNX Runtime with one thread (p50/p99 over 2,000 calls after 200 warm-up calls).
 
 Writes ``benchmarks/results/ensemble_cv.json`` and prints a table.
 """
@@ -45,6 +50,37 @@ log = logging.getLogger("ensemble_cv")
 
 def top1(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
+
+
+def latency(members: int, points: int = 1392, classes: int = 63, calls: int = 2000) -> list[dict[str, Any]]:
+    """p50/p99 (µs) of backbone + head in ONNX Runtime (1 thread) for 1 and ``members`` models."""
+    import onnxruntime as ort
+    import torch
+
+    from trainer.ensemble import EnsembleNet
+    from trainer.export import export_onnx
+    from trainer.models import build_model
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((1, points), dtype=np.float32)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    rows = []
+    for n in (1, members):
+        nets = [build_model({"points": points, "classes": classes}).eval() for _ in range(n)]
+        backbone, head = export_onnx(nets[0] if n == 1 else EnsembleNet(nets).eval())
+        b = ort.InferenceSession(backbone, opts, providers=["CPUExecutionProvider"])
+        h = ort.InferenceSession(head, opts, providers=["CPUExecutionProvider"])
+        times = []
+        for i in range(calls + 200):
+            t0 = time.perf_counter_ns()
+            h.run(None, {"features": b.run(None, {"spectrum": x})[0]})
+            if i >= 200:
+                times.append(time.perf_counter_ns() - t0)
+        rows.append({"members": n, "p50_us": round(float(np.median(times)) / 1e3, 1),
+                     "p99_us": round(float(np.percentile(times, 99)) / 1e3, 1),
+                     "backbone_onnx_bytes": len(backbone), "head_onnx_bytes": len(head)})
+    return rows
 
 
 def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int,
@@ -93,10 +129,17 @@ def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int
               help="Folds and the first member's seed.")
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--quick", is_flag=True, help="2 folds, 2 members, 2 epochs; no JSON unless --out.")
+@click.option("--latency", "latency_only", is_flag=True, help="Only time 1 vs N members in ONNX Runtime.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: int, quick: bool,
-         out: Path | None) -> None:
+         latency_only: bool, out: Path | None) -> None:
     """Seed ensembles of a CNN recipe: top-1 of 1..N members, 5-fold CV on the Soysal split."""
+    if latency_only:
+        print("| members | p50 µs | p99 µs | backbone ONNX bytes |")
+        print("|---:|---:|---:|---:|")
+        for r in latency(members):
+            print(f"| {r['members']} | {r['p50_us']} | {r['p99_us']} | {r['backbone_onnx_bytes']:,} |")
+        return
     if not data.exists():
         raise SystemExit(f"{data}: not found (see ../shared/data/README.md)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

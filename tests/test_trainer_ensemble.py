@@ -117,3 +117,12 @@ def test_ensemble_cv_benchmark_scores_every_size_from_the_same_members(synthetic
         assert row["ensemble_top1"][0] == row["member_top1"][0]  # an ensemble of one is its first member
         assert len(row["ensemble_top1"]) == 2 and 0.0 <= row["ensemble_top1"][1] <= 1.0
     assert sum(r["test_spectra"] for r in doc["folds"]) == len(synthetic)
+
+
+def test_ensemble_latency_rows_grow_with_members() -> None:
+    import benchmarks.ensemble_cv as bench
+
+    rows = bench.latency(2, points=128, classes=3, calls=20)
+    assert [r["members"] for r in rows] == [1, 2]
+    assert rows[1]["backbone_onnx_bytes"] > 1.8 * rows[0]["backbone_onnx_bytes"]
+    assert all(r["p50_us"] > 0 for r in rows)
