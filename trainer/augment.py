@@ -541,7 +541,7 @@ class Augmenter:
         if do.any():
             bank = BackgroundBank(axis, back / level[:, None]) if self.donors is None else self.donors
             picks = sr.integers(0, len(bank), n)
-            level = _raman_level(raman, y)
+            level = _raman_level(raman, y)  # the (gained) target's Raman level; the bank used the original
             out[do] = raman[do] + (factors * level)[do, None] * bank.on(axis, picks[do])
         # A raw spectrum is counts above the dark level: an asls overshoot must not make it negative.
         changed = do | gained

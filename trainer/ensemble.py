@@ -28,7 +28,7 @@ from torch import nn
 
 from calibration.dataset import Dataset
 from calibration.errors import ConfigError
-from calibration.preprocess import DEFAULT_SPEC, Preprocessor
+from calibration.preprocess import Preprocessor
 
 from .config import TrainConfig
 from .models import arch_of
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from .train import EpochLog, TrainResult
 
 log = logging.getLogger(__name__)
-
 
 
 class EnsembleBackbone(nn.Module):
@@ -140,7 +139,7 @@ def train_ensemble(dataset: Dataset, config: TrainConfig, *, preprocessing: dict
         results.append(r)
         history += [dataclasses.replace(e, epoch=offset + e.epoch) for e in r.history]
     model = EnsembleNet([r.model for r in results]).eval()
-    pre = Preprocessor(results[0].preprocessing if results[0].preprocessing is not None else DEFAULT_SPEC)
+    pre = Preprocessor(results[0].preprocessing)  # the spec train() resolved
     classes = results[0].classes
     train_idx, val_idx = results[0].train_index, results[0].val_index
     y_all = np.searchsorted(np.asarray(classes), dataset.labels)
