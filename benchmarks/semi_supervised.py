@@ -32,8 +32,9 @@ provided, so for each repeat ``r`` (seed r):
    (preprocessed, minus a 61-point running median, Pearson r) with any of that
    repeat's test spectra reaches ``--leak-guard`` (0.95) is removed, and the count is
    recorded.  The files carry no link to raw_train.npz, so the guard is by content:
-   it also removes some other specimens of a test mineral (r >= 0.95), never fewer
-   than the exact re-measurements it is there to catch.
+   it is there for processed versions of the test spectra themselves (same peaks,
+   another baseline: r near 1; ``tests/test_trainer_semi.py``), and it also removes
+   some other spectra of a test mineral that happen to correlate as well.
 
 Spectra in raw_train.npz carry no RRUFF file names, so specimens cannot be
 grouped: several spectra of one specimen (orientations) may fall on both sides of
