@@ -149,9 +149,11 @@ class Classifier:
     def classify(self, x: np.ndarray) -> list[Prediction]:
         """Top-k predictions for preprocessed spectra ``(n, points)``.
 
-        Selects the top k on the logits (softmax is monotonic) and normalises only
-        those, so the work after the head's matrix product is one pass of ``exp``
-        over the K logits: the cost stays flat as heads grow to thousands of classes
+        Normally one ONNX Runtime call of the head with softmax(logits / T) and TopK
+        appended (:func:`selector_onnx`), so no per-class work is left to Python.  When
+        that graph cannot be built, numpy selects the top k on the logits (softmax is
+        monotonic) and normalises only those: one pass of ``exp`` over the K logits.
+        Either way the cost stays flat as heads grow to thousands of classes
         (BENCHMARKS.md, "Constant time").
         """
         if self._selector is not None:
