@@ -48,12 +48,22 @@ def selector_onnx(head_onnx: bytes, k: int, temperature: float) -> bytes:
     return model.SerializeToString()
 
 
-def _selector_session(bundle: Bundle, k: int) -> Any | None:
-    """An ORT session of :func:`selector_onnx` for this bundle, or None (numpy selection) if it cannot be built."""
+def _selector_session(bundle: Bundle, k: int, precision: str = "fp32") -> Any | None:
+    """An ORT session of :func:`selector_onnx` for this bundle, or None (numpy selection) if it cannot be built.
+
+    With ``precision="int8"`` the head's weights are 8-bit (:mod:`edge.quantization`);
+    the session is used only if its logits agree with the verified float32 head within
+    the quantisation's error bound.
+    """
     try:
         import onnxruntime as ort
 
-        data = selector_onnx(bundle.head_path.read_bytes(), k, bundle.temperature)
+        head = bundle.head_path.read_bytes()
+        if precision == "int8":
+            from .quantization import int8_head_onnx
+
+            head = int8_head_onnx(head)
+        data = selector_onnx(head, k, bundle.temperature)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = 1  # one small Gemm and a TopK: a thread pool costs more than it saves
@@ -64,7 +74,14 @@ def _selector_session(bundle: Bundle, k: int) -> Any | None:
         probe = np.random.default_rng(0).standard_normal((2, bundle.feature_size)).astype(np.float32)
         a = sess.run([HEAD_OUTPUT], {HEAD_INPUT: probe})[0]
         b = bundle.head_session.run(None, {HEAD_INPUT: probe})[0]
-        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-5):
+        if precision == "int8":
+            from .head import read_linear_head
+            from .quantization import int8_error_bound
+
+            bound = int8_error_bound(probe, read_linear_head(bundle.head_path.read_bytes())[0])
+            if a.shape != b.shape or not (np.abs(a - b) <= bound).all():
+                raise ValueError("the 8-bit head's logits are outside the quantisation error bound")
+        elif a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-5):
             raise ValueError("the head file on disk differs from the loaded head session")
         return sess
     except Exception as e:  # onnx missing, an unusual head graph: the numpy path gives the same answer
@@ -107,14 +124,38 @@ class Classifier:
     The cost per spectrum is the backbone plus one matrix product in the head:
     constant in the number of known spectra, linear only in the (small) number of
     classes.
+
+    Parameters
+    ----------
+    bundle : Bundle
+    top_k : int
+        Classes returned per spectrum.
+    head_precision : {"auto", "fp32", "int8"}
+        Weights of the head as run: ``auto`` runs heads over 1 MiB of float32 weights
+        (4,096 classes at F = 64) with 8-bit weights, which keeps the cost of 10,000
+        classes near that of 10 (:mod:`edge.quantization`).  The bundle is unchanged.
     """
 
-    def __init__(self, bundle: Bundle, top_k: int = 3) -> None:
+    def __init__(self, bundle: Bundle, top_k: int = 3, head_precision: str = "auto") -> None:
+        from .quantization import resolve_precision
+
         self.bundle = bundle
         self.classes = np.asarray(bundle.classes)
         self.top_k = max(1, min(int(top_k), len(self.classes)))
         self._temperature = bundle.temperature
-        self._selector = _selector_session(bundle, self.top_k)
+        providers = bundle.head_session.get_providers() if hasattr(bundle.head_session, "get_providers") else None
+        weight_bytes = 4 * len(self.classes) * int(bundle.feature_size)
+        #: ``fp32`` or ``int8``: the head weights :meth:`classify` and :meth:`logits` use (:mod:`edge.quantization`).
+        self.head_precision = resolve_precision(head_precision, weight_bytes, providers)
+        self._selector = _selector_session(bundle, self.top_k, self.head_precision)
+        if self.head_precision == "int8":
+            if self._selector is None:
+                log.warning("%s: 8-bit head could not be used; the float32 head runs instead", bundle.model_id)
+                self.head_precision = "fp32"
+                self._selector = _selector_session(bundle, self.top_k)
+            else:
+                log.info("%s: %d-class head runs with 8-bit weights (%.0f kB of float32 weights → %.0f kB)",
+                         bundle.model_id, len(self.classes), weight_bytes / 1e3, weight_bytes / 4e3)
 
     @property
     def model_id(self) -> str:
@@ -132,6 +173,9 @@ class Classifier:
         return self.bundle.backbone_session.run(None, {BACKBONE_INPUT: x})[0]
 
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """Head logits ``(n, K)``, from the same head weights as :meth:`classify` (8-bit where it runs them)."""
+        if self._selector is not None:
+            return self._selector.run([HEAD_OUTPUT], {HEAD_INPUT: self.features(x)})[0]
         return self.bundle.head_session.run(None, {HEAD_INPUT: self.features(x)})[0]
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

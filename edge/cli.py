@@ -18,6 +18,8 @@ import click
 
 from calibration.errors import RamanEdgeError
 
+from .quantization import HEAD_PRECISIONS
+
 log = logging.getLogger("raman_edge")
 
 DEFAULT_DB = "raman-edge.sqlite"
@@ -78,7 +80,7 @@ def _interest(value: str) -> frozenset[str]:
 
 
 def _pipeline(model: Path | None, calibration: Path | None, interest: str, min_probability: float,
-              min_margin: float, top_k: int) -> Any:
+              min_margin: float, top_k: int, head_precision: str = "auto") -> Any:
     from calibration.axis import load_calibration
 
     from .bundle import load_bundle
@@ -88,7 +90,7 @@ def _pipeline(model: Path | None, calibration: Path | None, interest: str, min_p
     bundle = load_bundle(model)
     cal = load_calibration(calibration) if calibration else None
     policy = PriorityPolicy(min_probability=min_probability, min_margin=min_margin, interest=_interest(interest))
-    return Pipeline(bundle, calibration=cal, policy=policy, top_k=top_k)
+    return Pipeline(bundle, calibration=cal, policy=policy, top_k=top_k, head_precision=head_precision)
 
 
 def _policy_options(f: Any) -> Any:
@@ -102,6 +104,8 @@ def _policy_options(f: Any) -> Any:
                      help="Below this top-1/top-2 margin a result is low-confidence."),
         click.option("--top-k", type=click.IntRange(1, 50), default=3, show_default=True,
                      help="Classes logged per spectrum."),
+        click.option("--head-precision", type=click.Choice(HEAD_PRECISIONS), default="auto", show_default=True,
+                     help="Head weights as run: auto = 8-bit above 1 MiB of float32 weights (e.g. 10,000 classes)."),
     ]):
         f = opt(f)
     return f
@@ -145,13 +149,15 @@ def _run_help() -> str:
 @click.option("--min-probability", type=click.FloatRange(0, 1), default=None, help="[priority] min_probability.")
 @click.option("--min-margin", type=click.FloatRange(0, 1), default=None, help="[priority] min_margin.")
 @click.option("--top-k", type=click.IntRange(1, 50), default=None, help="[priority] top_k.")
+@click.option("--head-precision", type=click.Choice(HEAD_PRECISIONS), default=None, help="[model] head_precision.")
 @click.option("--trusted-keys", type=click.Path(path_type=Path), default=None, help="[model] trusted_keys.")
 @click.option("--allow-unsigned", is_flag=True, default=None, help="[model] allow_unsigned (development only).")
 @click.option("--watchdog-file", type=click.Path(path_type=Path), default=None, help="[daemon] watchdog_file.")
 @click.option("--quiet", is_flag=True, help="No live line per spectrum.")
 def run(config_path: Path | None, source: str | None, model: Path | None, db: Path | None, state_dir: Path | None,
         count: int | None, calibration: Path | None, interest: str | None, min_probability: float | None,
-        min_margin: float | None, top_k: int | None, trusted_keys: Path | None, allow_unsigned: bool | None,
+        min_margin: float | None, top_k: int | None, head_precision: str | None, trusted_keys: Path | None,
+        allow_unsigned: bool | None,
         watchdog_file: Path | None, quiet: bool) -> None:
     from .config import load_config
     from .service import build_service
@@ -160,7 +166,7 @@ def run(config_path: Path | None, source: str | None, model: Path | None, db: Pa
         "source.url": source, "model.path": _s(model), "store.db": _s(db), "daemon.state_dir": _s(state_dir),
         "calibration.path": _s(calibration), "priority.interest": sorted(_interest(interest)) if interest is not None else None,
         "priority.min_probability": min_probability, "priority.min_margin": min_margin, "priority.top_k": top_k,
-        "model.trusted_keys": _s(trusted_keys), "model.allow_unsigned": allow_unsigned or None,
+        "model.head_precision": head_precision, "model.trusted_keys": _s(trusted_keys), "model.allow_unsigned": allow_unsigned or None,
         "daemon.watchdog_file": _s(watchdog_file),
     })
 
@@ -210,7 +216,8 @@ def _utc(epoch: float) -> str:
               help="Write reliability.png and confusion.png to this folder (extra 'plot').")
 @_policy_options
 def bench(model: Path | None, data: Path, json_out: Path | None, db: Path, no_db: bool, plots_dir: Path | None,
-          calibration: Path | None, interest: str, min_probability: float, min_margin: float, top_k: int) -> None:
+          calibration: Path | None, interest: str, min_probability: float, min_margin: float, top_k: int,
+          head_precision: str) -> None:
     """Replay labelled spectra through the daemon's pipeline; report accuracy, ECE and latency."""
     from firmware_bridge.source import open_source
 
@@ -224,7 +231,7 @@ def bench(model: Path | None, data: Path, json_out: Path | None, db: Path, no_db
         from .plots import pyplot
 
         pyplot()  # a missing 'plot' extra fails before the bench, not after it
-    pipeline = _pipeline(model, calibration, interest, min_probability, min_margin, max(3, top_k))
+    pipeline = _pipeline(model, calibration, interest, min_probability, min_margin, max(3, top_k), head_precision)
     with open_source("replay://" + quote(str(data.resolve()))) as src:
         acqs = list(src)
     if no_db:

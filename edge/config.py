@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 from calibration.errors import ConfigError
 
+from .quantization import HEAD_PRECISIONS
+
 
 @dataclass(frozen=True)
 class Option:
@@ -49,6 +51,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", "path", "", "model bundle directory; empty: the registry's active model, else the shipped default", _str, "a path"),
     Option("model", "trusted_keys", "", "directory of trusted public keys (*.pub) for signed bundles", _str, "a path"),
     Option("model", "allow_unsigned", False, "accept unsigned bundles (development only)", _bool, "true or false"),
+    Option("model", "head_precision", "auto", "head weights as run: auto (8-bit above 1 MiB of float32 weights, e.g. 10,000 classes), fp32 or int8",
+           lambda v: v in HEAD_PRECISIONS, ", ".join(HEAD_PRECISIONS)),
     Option("model", "check_interval_s", 1.0, "how often to look for a newly installed model", _pos, "seconds > 0"),
     Option("calibration", "path", "", "calibration JSON: a pixel-axis calibration overriding the instrument's own, or a shift-axis correction (calibrate --standard without --lamp)", _str, "a path"),
     Option("store", "db", "raman-edge.sqlite", "SQLite results log", _str, "a path"),

@@ -32,6 +32,7 @@ import numpy as np
 from calibration.errors import BundleError, SpectrumError
 
 from .bundle import BACKBONE_INPUT, Bundle
+from .quantization import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def _check_references(references: np.ndarray) -> np.ndarray:
     return (r / norms[:, None]).astype(np.float32)
 
 
-def reference_matcher_onnx(references: np.ndarray, top: int = 1, *, producer: str = "raman-edge") -> bytes:
+def reference_matcher_onnx(references: np.ndarray, top: int = 1, *, producer: str = "raman-edge",
+                           precision: str = "fp32") -> bytes:
     """Serialise cosine matching against ``references`` as an ONNX model.
 
     Parameters
@@ -71,6 +73,9 @@ def reference_matcher_onnx(references: np.ndarray, top: int = 1, *, producer: st
         How many best matches ``TopK`` returns (clipped to ``k``).
     producer : str
         Recorded as the model's ``producer_name``.
+    precision : {"fp32", "int8"}
+        ``int8`` stores the references as 8-bit integers (``MatMulNBits``, the same
+        scheme as a large head's: :mod:`edge.quantization`).
 
     Returns
     -------
@@ -92,19 +97,30 @@ def reference_matcher_onnx(references: np.ndarray, top: int = 1, *, producer: st
         raise BundleError(f"top must be >= 1, got {top!r}")
     k, f = ref.shape
     t = min(int(top), k)
+    inits = [
+        numpy_helper.from_array(np.asarray([NORM_EPS], np.float32), "eps"),
+        numpy_helper.from_array(np.asarray([t], np.int64), "top"),
+    ]
+    opsets = [helper.make_opsetid("", MATCHER_OPSET)]
+    if precision == "int8":
+        from .quantization import MS_DOMAIN, int8_matmul
+
+        cosine, q_inits = int8_matmul("unit", MATCHER_SIMILARITY, ref, prefix="references.int8")
+        inits += q_inits
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+    elif precision == "fp32":
+        cosine = helper.make_node("MatMul", ["unit", "references"], [MATCHER_SIMILARITY], name="cosine")
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(ref.T), "references"))  # (F, k)
+    else:
+        raise BundleError(f"matcher precision {precision!r} is not fp32 or int8")
     nodes = [
         # ReduceL2 keeps axes as an attribute up to opset 17.
         helper.make_node("ReduceL2", [MATCHER_INPUT], ["norm"], axes=[1], keepdims=1, name="query_norm"),
         helper.make_node("Max", ["norm", "eps"], ["norm_safe"], name="no_zero_division"),
         helper.make_node("Div", [MATCHER_INPUT, "norm_safe"], ["unit"], name="normalise"),
-        helper.make_node("MatMul", ["unit", "references"], [MATCHER_SIMILARITY], name="cosine"),
+        cosine,
         helper.make_node("TopK", [MATCHER_SIMILARITY, "top"], [MATCHER_SCORES, MATCHER_INDICES],
                          axis=-1, largest=1, sorted=1, name="best"),
-    ]
-    inits = [
-        numpy_helper.from_array(np.ascontiguousarray(ref.T), "references"),  # (F, k)
-        numpy_helper.from_array(np.asarray([NORM_EPS], np.float32), "eps"),
-        numpy_helper.from_array(np.asarray([t], np.int64), "top"),
     ]
     graph = helper.make_graph(
         nodes, "reference_matcher",
@@ -114,8 +130,7 @@ def reference_matcher_onnx(references: np.ndarray, top: int = 1, *, producer: st
          helper.make_tensor_value_info(MATCHER_INDICES, TensorProto.INT64, ["batch", t])],
         initializer=inits,
     )
-    model = helper.make_model(graph, producer_name=producer,
-                              opset_imports=[helper.make_opsetid("", MATCHER_OPSET)])
+    model = helper.make_model(graph, producer_name=producer, opset_imports=opsets)
     model.ir_version = MATCHER_IR_VERSION
     onnx.checker.check_model(model)
     return model.SerializeToString()
@@ -174,6 +189,9 @@ class ReferenceMatcher:
         Distinct classes reported per spectrum.
     threads : int, optional
         ONNX Runtime intra-op threads of the matcher session (default: Runtime's choice).
+    precision : {"auto", "fp32", "int8"}
+        Reference storage, by the head's rule (:func:`edge.quantization.resolve_precision`):
+        ``auto`` stores more than 1 MiB of float32 references as 8-bit integers.
 
     Raises
     ------
@@ -182,7 +200,7 @@ class ReferenceMatcher:
     """
 
     def __init__(self, bundle: Bundle, references: np.ndarray, labels: Sequence[str], top_k: int = 3,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, precision: str = "auto") -> None:
         ref = np.asarray(references)
         if ref.ndim != 2 or ref.shape[1] != bundle.feature_size:
             raise BundleError(f"references have shape {ref.shape}; model {bundle.model_id} has "
@@ -196,7 +214,9 @@ class ReferenceMatcher:
         self.top_k = max(1, min(int(top_k), len(self.classes)))
         per_class = int(np.unique(labels, return_counts=True)[1].max())
         # Each class fills at most ``per_class`` slots, so top_k·per_class slots hold top_k distinct classes.
-        self.onnx = reference_matcher_onnx(ref, top=self.top_k * per_class)
+        #: ``fp32`` or ``int8``: how the references are stored in the matcher graph.
+        self.precision = resolve_precision(precision, 4 * ref.size)
+        self.onnx = reference_matcher_onnx(ref, top=self.top_k * per_class, precision=self.precision)
         self.session = _session(self.onnx, threads)
 
     @classmethod

@@ -60,12 +60,14 @@ class Pipeline:
         one its reported calibration gives).
     policy : PriorityPolicy, optional
     top_k : int
+    head_precision : {"auto", "fp32", "int8"}
+        See :class:`~edge.classifier.Classifier`.
     """
 
     def __init__(self, bundle: Bundle, calibration: AxisCalibration | ShiftCorrection | None = None,
-                 policy: PriorityPolicy | None = None, top_k: int = 3) -> None:
+                 policy: PriorityPolicy | None = None, top_k: int = 3, head_precision: str = "auto") -> None:
         self.bundle = bundle
-        self.classifier = Classifier(bundle, top_k=top_k)
+        self.classifier = Classifier(bundle, top_k=top_k, head_precision=head_precision)
         self.preprocessor = bundle.preprocessor
         self.calibration = calibration
         self.policy = policy or PriorityPolicy()

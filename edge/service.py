@@ -79,7 +79,8 @@ def build_service(cfg: Config, on_result: Callable[[Result, int], None] | None =
     top_k = cfg["priority.top_k"]
 
     def make_pipeline(b: Bundle) -> Pipeline:
-        return Pipeline(b, calibration=calibration, policy=policy, top_k=top_k)
+        return Pipeline(b, calibration=calibration, policy=policy, top_k=top_k,
+                        head_precision=cfg["model.head_precision"])
 
     pipeline = make_pipeline(bundle)
     source = open_source(cfg["source.url"])
