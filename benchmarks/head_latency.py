@@ -64,6 +64,7 @@ from edge.bundle import Bundle, load_bundle, write_bundle  # noqa: E402
 from edge.classifier import Classifier  # noqa: E402
 from edge.head import linear_head_onnx  # noqa: E402
 from edge.matcher import ReferenceMatcher  # noqa: E402
+from edge.quantization import HEAD_PRECISIONS, int8_head_onnx  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
 from firmware_bridge.source import Acquisition  # noqa: E402
 
@@ -141,31 +142,36 @@ def reference_embeddings(k: int, features: int, seed: int) -> np.ndarray:
     return np.abs(np.random.default_rng(seed).normal(size=(k, features))).astype(np.float32) + 1e-3
 
 
-def model_bytes(cfg: Config, features: int, seed: int) -> tuple[bytes, int]:
-    """(ONNX bytes, raw weight bytes) of the head or matcher graph of ``cfg``."""
+def model_bytes(cfg: Config, features: int, seed: int, precision: str = "auto") -> tuple[bytes, int]:
+    """(ONNX bytes, raw float32 weight bytes) of the head or matcher graph of ``cfg`` as the edge runs it."""
     from edge.matcher import reference_matcher_onnx
+    from edge.quantization import int8_head_onnx, resolve_precision
 
     if cfg.path == "matcher":
         ref = reference_embeddings(cfg.references, features, seed)
-        return reference_matcher_onnx(ref, top=TOP_K * cfg.refs_per_class), ref.nbytes
+        return (reference_matcher_onnx(ref, top=TOP_K * cfg.refs_per_class,
+                                       precision=resolve_precision(precision, ref.nbytes)), ref.nbytes)
     w, b = head_weights(cfg.classes, features, seed)
-    return linear_head_onnx(w, b), w.nbytes + b.nbytes
+    head = linear_head_onnx(w, b)
+    if resolve_precision(precision, w.nbytes) == "int8":
+        head = int8_head_onnx(head)
+    return head, w.nbytes + b.nbytes
 
 
-def build(cfg: Config, bundle: Bundle, seed: int) -> Callable[[Acquisition], Any]:
+def build(cfg: Config, bundle: Bundle, seed: int, precision: str = "auto") -> Callable[[Acquisition], Any]:
     """A callable that runs one acquisition end to end through ``cfg``'s path."""
     f = bundle.feature_size
     if cfg.path == "matcher":
         pipe = Pipeline(bundle)  # its prepare() is the shared preprocessing; its head is not used
         ref = reference_embeddings(cfg.references, f, seed)
         labels = np.repeat(np.asarray(class_names(cfg.classes)), cfg.refs_per_class)
-        matcher = ReferenceMatcher(bundle, ref, labels, top_k=TOP_K, threads=1)
+        matcher = ReferenceMatcher(bundle, ref, labels, top_k=TOP_K, threads=1, precision=precision)
 
         def run_matcher(acq: Acquisition) -> Any:
             x, _ = pipe.prepare(acq)
             return matcher.match(x)[0]
 
-        run_matcher.parts = (pipe, matcher)  # type: ignore[attr-defined]
+        run_matcher.parts = (pipe, matcher, None)  # type: ignore[attr-defined]
         return run_matcher
     w, b = head_weights(cfg.classes, f, seed)
     names = class_names(cfg.classes)
@@ -178,14 +184,17 @@ def build(cfg: Config, bundle: Bundle, seed: int) -> Callable[[Acquisition], Any
                            temperature=bundle.temperature)
     swapped = dataclasses.replace(written, backbone_session=bundle.backbone_session,
                                   head_session=ort_session(str(written.head_path)))
-    pipe = Pipeline(swapped, top_k=TOP_K)
+    pipe = Pipeline(swapped, top_k=TOP_K, head_precision=precision)
+    head = swapped.head_session
+    if pipe.classifier.head_precision == "int8":  # the head as the classifier runs it, for the stage timing
+        head = ort_session(int8_head_onnx(written.head_path.read_bytes()))
     shutil.rmtree(tmp, ignore_errors=True)  # the sessions hold what they need
 
     def run_head(acq: Acquisition) -> Any:
         x, _ = pipe.prepare(acq)
         return pipe.classifier.classify(x)[0]
 
-    run_head.parts = (pipe, None)  # type: ignore[attr-defined]
+    run_head.parts = (pipe, None, head)  # type: ignore[attr-defined]
     return run_head
 
 
@@ -256,7 +265,7 @@ def stage_times(cfg: Config, run: Callable[[Acquisition], Any], acqs: list[Acqui
     """p50 (µs) of each stage of ``cfg``'s path, timed separately on the same sessions."""
     from edge.bundle import BACKBONE_INPUT, HEAD_INPUT
 
-    pipe, matcher = run.parts  # type: ignore[attr-defined]
+    pipe, matcher, head = run.parts  # type: ignore[attr-defined]
     x = pipe.prepare(acqs[0])[0][None, :]
     feats = pipe.bundle.backbone_session.run(None, {BACKBONE_INPUT: x})[0]
     stages: dict[str, Callable[[], Any]] = {
@@ -265,7 +274,7 @@ def stage_times(cfg: Config, run: Callable[[Acquisition], Any], acqs: list[Acqui
     }
     if matcher is None:
         # classify = backbone + head + what Classifier.classify does with the logits (top-k, softmax)
-        stages.update({"head": lambda: pipe.bundle.head_session.run(None, {HEAD_INPUT: feats}),
+        stages.update({"head": lambda: head.run(None, {HEAD_INPUT: feats}),
                        "classify": lambda: pipe.classifier.classify(x)})
     else:
         stages.update({"match": lambda: matcher.session.run(["scores", "indices"], {"features": feats}),
@@ -311,12 +320,12 @@ def probe_memory(key: str, graph: Path, seed: int) -> dict[str, Any]:
     return {"key": key, "rss_delta_bytes": int(after - before)}
 
 
-def memory(configs: list[Config], features: int, seed: int) -> dict[str, dict[str, Any]]:
+def memory(configs: list[Config], features: int, seed: int, precision: str = "auto") -> dict[str, dict[str, Any]]:
     """ONNX and weight bytes of each configuration's graph, and :func:`probe_memory` in its own interpreter."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="head_latency.") as tmp:
         for cfg in configs:
-            model, weights = model_bytes(cfg, features, seed)
+            model, weights = model_bytes(cfg, features, seed, precision)
             path = Path(tmp) / "graph.onnx"
             path.write_bytes(model)
             r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe-memory", cfg.key,
@@ -372,11 +381,12 @@ def print_table(rows: list[dict[str, Any]], head10: float) -> None:
 
     table = Table(title=f"One spectrum end to end (ms); band = 10-class head p50 {head10:.3f} ms + 10 %; "
                         "stages Σ = sum of per-stage p50s")
-    for col in ("path", "classes", "refs", "p50", "p99", "vs head-10", "stages Σ µs", "Σ vs head-10", "ONNX",
+    for col in ("path", "classes", "refs", "weights", "p50", "p99", "vs head-10", "stages Σ µs", "Σ vs head-10", "ONNX",
                 "RSS Δ"):
         table.add_column(col, justify="left" if col == "path" else "right")
     for r in rows:
         table.add_row(r["label"], f"{r['classes']:,}", f"{r['references']:,}" if r["references"] else "–",
+                      r["precision"],
                       f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['p50_vs_head10']:+.1%}",
                       f"{r['stage_sum_us']:.0f}", f"{r['stage_sum_vs_head10']:+.1%}",
                       f"{r['onnx_bytes'] / 1e3:,.0f} kB" if r.get("onnx_bytes") is not None else "–",
@@ -397,6 +407,8 @@ def print_table(rows: list[dict[str, Any]], head10: float) -> None:
 @click.option("--refs-per-class", type=click.IntRange(2, 1000), default=REFS_PER_CLASS, show_default=True,
               help="References per class of the multi-reference matcher.")
 @click.option("--no-memory", is_flag=True, help="Skip the per-configuration memory probes.")
+@click.option("--precision", type=click.Choice(HEAD_PRECISIONS), default="auto", show_default=True,
+              help="Head and reference weights as run (the edge's rule: auto = 8-bit above 1 MiB of float32).")
 @click.option("--quick", is_flag=True, help="Smoke run: 10 and 100 classes, 30 calls each.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS / "head_latency.json",
@@ -404,7 +416,7 @@ def print_table(rows: list[dict[str, Any]], head10: float) -> None:
 @click.option("--probe-memory", "probe", default=None, hidden=True)
 @click.option("--probe-file", type=click.Path(path_type=Path), default=None, hidden=True)
 def main(data: Path, repeats: int, warmup: int, block: int, max_seconds: float, refs_per_class: int,
-         no_memory: bool, quick: bool, seed: int, out: Path, probe: str | None, probe_file: Path | None) -> None:
+         no_memory: bool, precision: str, quick: bool, seed: int, out: Path, probe: str | None, probe_file: Path | None) -> None:
     """Time one spectrum through the head-swap path and the reference matcher at 10…10,000 classes."""
     if probe is not None:
         print(json.dumps(probe_memory(probe, probe_file, seed)))
@@ -419,14 +431,16 @@ def main(data: Path, repeats: int, warmup: int, block: int, max_seconds: float, 
     bundle = single_thread_bundle(load_bundle())
     acqs, source = acquisitions(data, 64, seed)
     log.info("building %d configurations on %s (F=%d)", len(configs), bundle.model_id, bundle.feature_size)
-    runners = {c.key: build(c, bundle, seed) for c in configs}
+    runners = {c.key: build(c, bundle, seed, precision) for c in configs}
+    used = {k: (r.parts[1].precision if r.parts[1] is not None else r.parts[0].classifier.head_precision)
+            for k, r in runners.items()}
     log.info("timing %d calls each, round-robin blocks of %d", repeats, block)
     times = time_round_robin(runners, acqs, repeats, warmup, block, seed, max_seconds)
     stage_calls = max(20, min(500, repeats // 4))
     stages = {c.key: stage_times(c, runners[c.key], acqs, stage_calls) for c in configs}
     load_after = list(os.getloadavg())
     del runners
-    mem = {} if no_memory else memory(configs, bundle.feature_size, seed)
+    mem = {} if no_memory else memory(configs, bundle.feature_size, seed, precision)
 
     rows: list[dict[str, Any]] = []
     for c in configs:
@@ -437,7 +451,7 @@ def main(data: Path, repeats: int, warmup: int, block: int, max_seconds: float, 
                      "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                      "mean_ms": float(ms.mean()), "calls": int(ms.size), "stages_p50_us": stages[c.key],
                      "onnx_bytes": m.get("onnx_bytes"), "weight_bytes": m.get("weight_bytes"),
-                     "rss_delta_bytes": m.get("rss_delta_bytes")})
+                     "rss_delta_bytes": m.get("rss_delta_bytes"), "precision": used[c.key]})
     head10 = next(r["p50_ms"] for r in rows if r["path"] == "head" and r["classes"] == min(head_k))
     stage10 = next(r["stages_p50_us"]["preprocess"] + r["stages_p50_us"]["classify"] for r in rows
                    if r["path"] == "head" and r["classes"] == min(head_k))
@@ -482,7 +496,8 @@ def main(data: Path, repeats: int, warmup: int, block: int, max_seconds: float, 
         "machine": {**machine(), "loadavg_end": load_after}, "versions": versions(),
         "bundle": {"model_id": bundle.model_id, "feature_size": bundle.feature_size, "path": str(bundle.path)},
         "settings": {"repeats": repeats, "warmup": warmup, "block": block, "ort_threads": 1, "top_k": TOP_K,
-                     "refs_per_class": refs_per_class, "inputs": source, "quick": quick, "seed": seed},
+                     "refs_per_class": refs_per_class, "inputs": source, "quick": quick, "seed": seed,
+                     "precision": precision},
         "rows": rows, "summary": summary, "seconds": round(time.perf_counter() - t_start, 1),
     }
     print_table(rows, head10)

@@ -1,4 +1,4 @@
-"""benchmarks/head_latency.py and benchmarks/head_swap.py: their --quick paths end to end."""
+"""benchmarks/head_latency.py, head_int8.py and head_swap.py: their --quick paths end to end."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import ROOT, make_npz
+from .conftest import ROOT, make_npz, shared_data
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
@@ -54,6 +54,32 @@ def test_head_latency_quick(tmp_path: Path) -> None:
     assert by[("head", 100, None)]["weight_bytes"] == 100 * 65 * 4
     assert by[("matcher", 10, 2)]["weight_bytes"] == 20 * 64 * 4
     assert res["summary"]["head10_p50_ms"] == by[("head", 10, None)]["p50_ms"]
+
+
+def test_head_latency_int8_rows(tmp_path: Path) -> None:
+    """--precision int8 runs (and reports) 8-bit heads and references; their ONNX is about a quarter."""
+    out = tmp_path / "hl.json"
+    _run(["benchmarks/head_latency.py", "--quick", "--precision", "int8", "--data", str(tmp_path / "absent.npz"),
+          "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["settings"]["precision"] == "int8"
+    assert {row["precision"] for row in res["rows"]} == {"int8"}
+    head100 = next(r for r in res["rows"] if r["path"] == "head" and r["classes"] == 100)
+    assert head100["onnx_bytes"] < 0.4 * head100["weight_bytes"]
+
+
+def test_head_int8_quick(tmp_path: Path) -> None:
+    shared_data("rruff-soysal", "raw_train.npz")  # skips, naming the file, when the data is absent
+    shared_data("rruff-sang", "dataset_1_dev.npz")
+    out = tmp_path / "hi.json"
+    r = _run(["benchmarks/head_int8.py", "--quick", "--out", str(out)])
+    assert "top-1 agree" in r.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["classes"] for row in rows] == [63, 192]
+    for row in rows:
+        assert row["top1_agreement"] >= 0.99 and abs(row["top1_fp32"] - row["top1_int8"]) <= 0.01, row
+        assert row["head_onnx_bytes"]["int8"] < 0.35 * row["head_onnx_bytes"]["fp32"]
+        assert len(row["changed_fp32_margins"]) == round((1 - row["top1_agreement"]) * row["spectra"])
 
 
 def test_head_swap_quick(tmp_path: Path) -> None:
