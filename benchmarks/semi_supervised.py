@@ -68,7 +68,7 @@ if str(ROOT) not in sys.path:
 
 from calibration.dataset import Dataset, file_sha256, load_dataset  # noqa: E402
 from calibration.preprocess import DEFAULT_SPEC, Preprocessor  # noqa: E402
-from trainer.augment import parse_augment_options  # noqa: E402
+from trainer.augment import BackgroundBank, add_backgrounds, parse_augment_options  # noqa: E402
 from trainer.config import SemiConfig, TrainConfig  # noqa: E402
 
 log = logging.getLogger("semi_supervised")
@@ -150,7 +150,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         extra_sets = []
         for path, u, xp in zip(args.extra_unlabeled, extras, extras_pre):
             keep = leak_guard(xp, x_test, args.leak_guard)
-            extra_sets.append(UnlabeledSet(u.spectra[keep], u.wavenumbers, path=u.path))
+            kept = u.spectra[keep]
+            if args.extra_backgrounds:
+                # processed spectra into the raw domain: real backgrounds of this repeat's non-test raw spectra
+                bank = BackgroundBank.from_spectra(pool_all.spectra, pool_all.wavenumbers)
+                kept = add_backgrounds(kept, u.wavenumbers, bank, np.random.default_rng([seed, 7]),
+                                       base.augment_config.background_factor).astype(np.float32)
+            extra_sets.append(UnlabeledSet(kept, u.wavenumbers, path=u.path))
             rep.setdefault("extra_unlabeled", []).append({"file": str(path), "spectra": len(u),
                                                           "kept": int(keep.sum()),
                                                           "removed_by_leak_guard": int((~keep).sum())})
@@ -240,6 +246,7 @@ def _result(args: argparse.Namespace, base: TrainConfig, semi: SemiConfig, runs:
         "protocol": __doc__.split("Protocol (also written into the result JSON)")[1].split("Run (whole")[0].strip(),
         "test_fraction": args.test_fraction,
         "extra_unlabeled": [str(p) for p in args.extra_unlabeled], "leak_guard": args.leak_guard,
+        "extra_backgrounds": args.extra_backgrounds,
         "config": {"supervised": base.to_dict(), "sgan": {"epochs": args.sgan_epochs, "patience": args.sgan_patience},
                    "contrastive": "pretrain once per repeat on every non-test spectrum; linear head on the frozen "
                                   "encoder (contrastive_frozen); then fine-tune the whole network at "
@@ -288,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--extra-unlabeled", type=Path, action="append", default=[], metavar="FILE.npz",
                    help="more unlabelled spectra for SGAN and contrastive pretraining (labels in the file are ignored)")
+    p.add_argument("--extra-backgrounds", action="store_true",
+                   help="put a real fluorescence background (from the repeat's non-test raw spectra) under each "
+                        "extra spectrum: processed RRUFF spectra brought into the raw domain")
     p.add_argument("--leak-guard", type=float, default=0.95,
                    help="drop extra spectra whose high-passed correlation with a test spectrum reaches this")
     p.add_argument("--aug", action="append", default=[], metavar="NAME=VALUE",

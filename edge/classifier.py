@@ -85,7 +85,8 @@ def _selector_session(bundle: Bundle, k: int, precision: str = "fp32") -> Any | 
             raise ValueError("the head file on disk differs from the loaded head session")
         return sess
     except Exception as e:  # onnx missing, an unusual head graph: the numpy path gives the same answer
-        log.info("%s: top-k selection stays in numpy (%s)", bundle.model_id, str(e).splitlines()[0][:200])
+        what = "8-bit head not used" if precision == "int8" else "top-k selection stays in numpy"
+        log.info("%s: %s (%s)", bundle.model_id, what, str(e).splitlines()[0][:200])
         return None
 
 

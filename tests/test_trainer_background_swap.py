@@ -140,3 +140,21 @@ def test_band_gain_off_draws_nothing_new_and_is_validated():
         AugmentConfig(p_band_gain=1.5)
     with pytest.raises(ConfigError, match="band_gain"):
         AugmentConfig(band_gain=(0.5, 0.1))
+
+
+def test_add_backgrounds_puts_a_real_background_under_processed_spectra():
+    from trainer.augment import add_backgrounds
+
+    spectra, t = _pair()
+    donors = BackgroundBank.from_spectra(spectra[1:], AXIS)             # b's hump is the only donor
+    processed = np.stack([_peaks([400, 700, 1000]), _peaks([350, 800])])  # background-free
+    out = add_backgrounds(processed, AXIS, donors, np.random.default_rng(0), factor=(1.0, 1.0))
+    assert out.shape == processed.shape and np.isclose(out.max(axis=1), 1.0).all() and out.min() >= 0.0
+    for row, p in zip(out, processed):
+        # out = (p + c * hump) / max: solve for the scale of p and c by least squares; the fit is exact
+        design = np.stack([p, donors.shapes[0]], axis=1)
+        coef, *_ = np.linalg.lstsq(design, row, rcond=None)
+        np.testing.assert_allclose(design @ coef, row, atol=1e-9)
+        # the donor's background-to-Raman ratio, on this spectrum's Raman level (factor 1)
+        assert coef[1] / coef[0] == pytest.approx(np.abs(p).mean(), rel=1e-6)
+    assert add_backgrounds(processed[:0], AXIS, donors, np.random.default_rng(0)).shape == (0, AXIS.size)

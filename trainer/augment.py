@@ -482,6 +482,26 @@ class BackgroundBank:
             np.empty((0, axis.size))
 
 
+def add_backgrounds(spectra: np.ndarray, axis: np.ndarray, bank: BackgroundBank, rng: np.random.Generator,
+                    factor: tuple[float, float] = (0.2, 3.0)) -> np.ndarray:
+    """Background-free (processed) spectra with a real fluorescence background from ``bank`` under each.
+
+    Each spectrum gets one donor background at the donor's own background-to-Raman
+    ratio times a log-uniform ``factor`` (the swap's rule, on a spectrum whose asls
+    background is taken to be zero), then is max-normalised like the raw RRUFF
+    spectra.  Used to bring processed RRUFF spectra into the raw domain as
+    unlabelled data (``benchmarks/semi_supervised.py --extra-backgrounds``).
+    """
+    y = np.asarray(spectra, dtype=np.float64)
+    if not len(y):
+        return y.copy()
+    level = _raman_level(y, y)
+    picks = rng.integers(0, len(bank), len(y))
+    out = y + (_log_uniform(rng, factor, len(y)) * level)[:, None] * bank.on(axis, picks)
+    out -= np.minimum(out.min(axis=1, keepdims=True), 0.0)
+    return out / np.maximum(out.max(axis=1, keepdims=True), 1e-12)
+
+
 def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float], n: int) -> np.ndarray:
     lo, hi = np.log(lo_hi[0]), np.log(lo_hi[1])
     return np.exp(rng.uniform(lo, hi, n))
