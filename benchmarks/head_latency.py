@@ -20,6 +20,12 @@ What is timed, per spectrum, end to end, exactly as the edge runs it:
   References are cached embeddings (random, the bundle's width): the matcher's
   best case — a Siamese twin re-run per reference would cost ``k`` backbone passes.
 
+Head and reference weights are run as the edge runs them: ``--precision auto`` (the
+default) applies :func:`edge.quantization.resolve_precision`, so heads and reference
+sets over 1 MiB of float32 (10,000 rows and up here) run with 8-bit weights;
+``--precision fp32`` gives the float32 figures, ``int8`` forces 8-bit everywhere.
+Each row records the precision it ran.
+
 Backbone: the shipped default bundle (``edge/models/default``, liu, F = 64).  Every
 ONNX Runtime session has one intra-op and one inter-op thread, as on the device.
 Inputs cycle through real raw spectra of ``rruff-soysal/raw_train.npz`` (synthetic

@@ -265,3 +265,24 @@ def test_benchmark_quick_run(tmp_path):
     assert rep["pretrain"]["spectra"] == 347 - rep["test_spectra"]
     for f, counts in rep["fractions"].items():
         assert counts["labelled"] + counts["unlabelled"] + rep["test_spectra"] == 347
+
+
+@pytest.mark.slow
+def test_benchmark_quick_run_with_an_extra_pool(tmp_path):
+    """--extra-unlabeled with --extra-backgrounds: the extra spectra join every fraction's pool, recorded."""
+    from .conftest import make_npz
+
+    data = shared_data("rruff-soysal", "raw_train.npz")
+    extra = make_npz(tmp_path / "extra.npz", n_per_class=3, seed=5)
+    n_extra = len(np.load(extra)["labels"])
+    bench = _bench()
+    out = tmp_path / "semi.json"
+    bench.main(["--quick", "--methods", "sgan", "--data", str(data), "--extra-unlabeled", str(extra),
+                "--extra-backgrounds", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["extra_backgrounds"] is True
+    rep = result["repeats"][0]
+    kept = rep["extra_unlabeled"][0]["kept"]
+    assert kept + rep["extra_unlabeled"][0]["removed_by_leak_guard"] == n_extra
+    for counts in rep["fractions"].values():
+        assert counts["labelled"] + counts["unlabelled"] + rep["test_spectra"] == 347 + kept
