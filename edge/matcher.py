@@ -10,7 +10,8 @@ side by side (``benchmarks/head_latency.py``):
   type, same preprocessing), and
 * compared by cosine similarity with ``k`` stored reference embeddings, in an
   ONNX graph of its own (:func:`reference_matcher_onnx`): L2-normalise the query,
-  one ``MatMul`` against the ``F × k`` matrix of unit-norm references, ``TopK``.
+  one ``MatMul`` against the ``F × k`` matrix of unit-norm references, ``TopK``
+  (8-bit references above 1 MiB, by the head's rule: :mod:`edge.quantization`).
 
 The references are embedded once (cached), which is the matcher's best case: a
 Siamese network that re-runs its twin on every stored spectrum would cost ``k``
@@ -32,7 +33,7 @@ import numpy as np
 from calibration.errors import BundleError, SpectrumError
 
 from .bundle import BACKBONE_INPUT, Bundle
-from .quantization import resolve_precision
+from .quantization import MS_DOMAIN, int8_matmul, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ def reference_matcher_onnx(references: np.ndarray, top: int = 1, *, producer: st
     ]
     opsets = [helper.make_opsetid("", MATCHER_OPSET)]
     if precision == "int8":
-        from .quantization import MS_DOMAIN, int8_matmul
-
         cosine, q_inits = int8_matmul("unit", MATCHER_SIMILARITY, ref, prefix="references.int8")
         inits += q_inits
         opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
