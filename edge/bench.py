@@ -98,6 +98,7 @@ def run_bench(pipeline: Pipeline, acquisitions: Iterable[Acquisition], warmup: i
         "errors": errors[:20],
         "unknown_labels": sorted({t for t in truth if t not in known}),
         "model_id": pipeline.model_id,
+        "head_precision": pipeline.classifier.head_precision,
         "machine": {"python": platform.python_version(), "processor": platform.machine(),
                     "system": platform.system()},
     }
@@ -115,7 +116,8 @@ def _uncalibrated(pipeline: Pipeline, acqs: list[Acquisition]) -> dict[str, np.n
 def format_table(report: dict[str, Any], max_rows: int = 80) -> str:
     """A readable plain-text summary (works on a terminal without rich)."""
     lines = [
-        f"model {report['model_id']}  spectra {report['n']}  not classified {report['not_classified']}",
+        f"model {report['model_id']}  spectra {report['n']}  not classified {report['not_classified']}"
+        + (f"  head weights {report['head_precision']}" if "head_precision" in report else ""),
         f"top-1 {report['top1']:.3f}   top-3 {report['top3']:.3f}   ECE(15) {report['ece']:.3f}   "
         f"mean margin {report['mean_margin']:.3f}   (temperature {report.get('temperature', 1.0):.3g})",
         *([f"at temperature 1: ECE(15) {report['ece_uncalibrated']:.3f}   "

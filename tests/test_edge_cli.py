@@ -74,6 +74,21 @@ def test_bench_writes_json_with_public_keys(tmp_path: Path, test_bundle: Path) -
     assert 0.0 <= rep["ece"] <= 1.0
     assert "top-1" in r.output and "Calcite" in r.output
     assert len(_rows(tmp_path / "b.sqlite")) == 12
+    assert rep["head_precision"] == "fp32"  # a 4-class head stays float32 under auto
+
+
+def test_bench_head_precision_int8_is_used_and_reported(tmp_path: Path) -> None:
+    """The shipped model's (Gemm) head, forced to 8-bit: reported, and the answers barely move."""
+    npz = make_npz(tmp_path / "d.npz", n_per_class=3)
+    reps = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / f"{precision}.json"
+        r = CliRunner().invoke(main, ["bench", "--data", str(npz), "--json", str(out), "--no-db",
+                                      "--head-precision", precision])
+        assert r.exit_code == 0, r.output
+        reps[precision] = json.loads(out.read_text())
+        assert reps[precision]["head_precision"] == precision and f"head weights {precision}" in r.output
+    assert abs(reps["int8"]["top1"] - reps["fp32"]["top1"]) <= 1 / reps["fp32"]["n"]
 
 
 @pytest.mark.parametrize(

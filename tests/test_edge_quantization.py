@@ -188,3 +188,12 @@ def test_config_and_cli_carry_the_option(tmp_path):
     assert load_config(cfg_file)["model.head_precision"] == "int8"
     r = CliRunner().invoke(main, ["run", "--head-precision", "int4"])
     assert r.exit_code == 2 and "int4" in r.output
+
+
+def test_a_head_that_is_not_one_gemm_runs_float32(test_bundle, caplog):
+    """The test bundle's head is MatMul + Add: no 8-bit rewrite, the float32 head runs, the log says why."""
+    bundle = load_bundle(test_bundle)
+    with caplog.at_level(logging.INFO, logger="edge.classifier"):
+        clf = Classifier(bundle, head_precision="int8")
+    assert clf.head_precision == "fp32" and clf._selector is not None
+    assert "not a single Gemm" in caplog.text
