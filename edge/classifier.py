@@ -60,8 +60,10 @@ def _selector_session(bundle: Bundle, k: int, precision: str = "fp32") -> Any | 
 
         head = bundle.head_path.read_bytes()
         if precision == "int8":
+            from .head import read_linear_head
             from .quantization import int8_head_onnx
 
+            weight = read_linear_head(head)[0]  # for the error bound below
             head = int8_head_onnx(head)
         data = selector_onnx(head, k, bundle.temperature)
         opts = ort.SessionOptions()
@@ -75,10 +77,9 @@ def _selector_session(bundle: Bundle, k: int, precision: str = "fp32") -> Any | 
         a = sess.run([HEAD_OUTPUT], {HEAD_INPUT: probe})[0]
         b = bundle.head_session.run(None, {HEAD_INPUT: probe})[0]
         if precision == "int8":
-            from .head import read_linear_head
             from .quantization import int8_error_bound
 
-            bound = int8_error_bound(probe, read_linear_head(bundle.head_path.read_bytes())[0])
+            bound = int8_error_bound(probe, weight)
             if a.shape != b.shape or not (np.abs(a - b) <= bound).all():
                 raise ValueError("the 8-bit head's logits are outside the quantisation error bound")
         elif a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-5):
