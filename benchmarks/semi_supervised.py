@@ -148,12 +148,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rep: dict[str, Any] = {"seed": seed, "test_spectra": int(test.sum()),
                                "test_minerals": int(np.unique(data.labels[test]).size), "fractions": {}}
         extra_sets = []
+        # processed spectra into the raw domain: real backgrounds of this repeat's non-test raw spectra
+        bank = BackgroundBank.from_spectra(pool_all.spectra, pool_all.wavenumbers) \
+            if args.extra_backgrounds and extras else None
         for path, u, xp in zip(args.extra_unlabeled, extras, extras_pre):
             keep = leak_guard(xp, x_test, args.leak_guard)
             kept = u.spectra[keep]
-            if args.extra_backgrounds:
-                # processed spectra into the raw domain: real backgrounds of this repeat's non-test raw spectra
-                bank = BackgroundBank.from_spectra(pool_all.spectra, pool_all.wavenumbers)
+            if bank is not None:
                 kept = add_backgrounds(kept, u.wavenumbers, bank, np.random.default_rng([seed, 7]),
                                        base.augment_config.background_factor).astype(np.float32)
             extra_sets.append(UnlabeledSet(kept, u.wavenumbers, path=u.path))
