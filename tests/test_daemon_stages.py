@@ -54,11 +54,18 @@ class ListSource(Source):
 
 
 class SlowPipeline(Pipeline):
-    def __init__(self, bundle, delay: float) -> None:
+    """Sleeps ``delay`` per spectrum; with ``hold_until``, the first call also waits (≤ 5 s) for that predicate."""
+
+    def __init__(self, bundle, delay: float, hold_until=None) -> None:
         super().__init__(bundle)
-        self.delay = delay
+        self.delay, self.hold_until = delay, hold_until
 
     def process(self, acq):
+        if self.hold_until is not None:
+            deadline = time.monotonic() + 5
+            while not self.hold_until() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.hold_until = None
         time.sleep(self.delay)
         return super().process(acq)
 
@@ -74,7 +81,10 @@ def _statuses(db: Path) -> list[tuple]:
 def test_saturated_classifier_defers_but_loses_nothing(tmp_path: Path, test_bundle: Path) -> None:
     db = tmp_path / "d.sqlite"
     src = ListSource(60)
-    d = Daemon(src, SlowPipeline(load_bundle(test_bundle), 0.01), ResultLog(db), classify_queue=2)
+    # The classifier holds its first spectrum until the source is drained, so the overflow does not
+    # depend on how the host schedules the threads.
+    d = Daemon(src, SlowPipeline(load_bundle(test_bundle), 0.01, hold_until=lambda: src.i >= src.n),
+               ResultLog(db), classify_queue=2)
     c = d.run(install_signal_handlers=False)
     rows = _statuses(db)
     assert len(rows) == 60 and sorted(r[0] for r in rows) == list(range(60))
