@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,8 +87,14 @@ def _selector_session(bundle: Bundle, k: int, precision: str = "fp32") -> Any | 
             raise ValueError("the head file on disk differs from the loaded head session")
         return sess
     except Exception as e:  # onnx missing, an unusual head graph: the numpy path gives the same answer
-        what = "8-bit head not used" if precision == "int8" else "top-k selection stays in numpy"
-        log.info("%s: %s (%s)", bundle.model_id, what, str(e).splitlines()[0][:200])
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if precision == "int8":  # the caller falls back to float32; say why, at warning level
+            ort_version = getattr(sys.modules.get("onnxruntime"), "__version__", "not importable")
+            log.warning("%s: 8-bit head could not be used, the float32 head runs instead: %s "
+                        "(ONNX Runtime %s; 8-bit MatMulNBits needs a release from 2025 on, about 1.22)",
+                        bundle.model_id, reason, ort_version)
+        else:
+            log.info("%s: top-k selection stays in numpy (%s)", bundle.model_id, reason)
         return None
 
 
@@ -151,8 +158,7 @@ class Classifier:
         self.head_precision = resolve_precision(head_precision, weight_bytes, providers)
         self._selector = _selector_session(bundle, self.top_k, self.head_precision)
         if self.head_precision == "int8":
-            if self._selector is None:
-                log.warning("%s: 8-bit head could not be used; the float32 head runs instead", bundle.model_id)
+            if self._selector is None:  # _selector_session logged why
                 self.head_precision = "fp32"
                 self._selector = _selector_session(bundle, self.top_k)
             else:
