@@ -16,16 +16,19 @@ from trainer.tolerance import (EVAL_SHIFTS, MAX_TOLERANCE, apply_shift_tolerance
 DOC = Path(__file__).resolve().parents[1] / "docs" / "augmentation.md"
 
 
-def documented_rule() -> dict[float, tuple[int, int, float, float, int, int]]:
-    """Rows ``| 5 | 3 | 3 | ±6 | 0.8 | 40 | 300 |`` of the table under "### The rule" in docs/augmentation.md."""
+def documented_rule() -> dict[float, tuple]:
+    """Rows ``| 5 | 3 | 3 | ±6 | 0.8 | 40 | 300 | 0.15 | validation split | ...`` of the table under
+    "### The rule" in docs/augmentation.md: m, n, training shift, p_shift, patience, epochs, and the
+    validation split (a number, or "default": the configuration's)."""
     text = DOC.read_text(encoding="utf-8")
     section = text.split("### The rule", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
         m = re.match(r"\|\s*([\d.]+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*±\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|"
-                     r"\s*(\d+)\s*\|\s*(\d+)\s*\|", line)
+                     r"\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\d.]+|default)\s*\|", line)
         if m:
-            rows[float(m[1])] = (int(m[2]), int(m[3]), float(m[4]), float(m[5]), int(m[6]), int(m[7]))
+            val = None if m[8] == "default" else float(m[8])
+            rows[float(m[1])] = (int(m[2]), int(m[3]), float(m[4]), float(m[5]), int(m[6]), int(m[7]), val)
     return rows
 
 
@@ -34,7 +37,7 @@ def test_rule_matches_the_documentation():
     assert {5.0, 15.0, 30.0} <= set(rows)
     for cm, row in rows.items():
         s = tolerance_settings(cm)
-        assert (s.pool, s.n_pool, s.max_shift, s.p_shift, s.patience, s.epochs) == row, cm
+        assert (s.pool, s.n_pool, s.max_shift, s.p_shift, s.patience, s.epochs, s.val_fraction) == row, cm
 
 
 @pytest.mark.parametrize("cm", [0, 1, 5, 10, 15, 20, 30, MAX_TOLERANCE / 3, MAX_TOLERANCE])
@@ -47,10 +50,27 @@ def test_rule_covers_the_drift_and_builds(cm):
 
 
 def test_rule_is_monotone():
+    """Wider drift never means narrower training shifts; among the early-stopped rows, never a shorter schedule."""
     grid = np.linspace(0, MAX_TOLERANCE, 61)
-    for key in ("max_shift", "patience", "epochs"):
-        values = [getattr(tolerance_settings(c), key) for c in grid]
+    values = [tolerance_settings(c).max_shift for c in grid]
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    stopped = [tolerance_settings(c) for c in grid if tolerance_settings(c).val_fraction is None]
+    assert len(stopped) > 1
+    for key in ("patience", "epochs"):
+        values = [getattr(s, key) for s in stopped]
         assert all(b >= a for a, b in zip(values, values[1:])), key
+
+
+def test_fixed_budget_rows_calibrate_out_of_fold():
+    """A row without a validation split cross-fits its temperature (else the confidences are uncalibrated)."""
+    s = tolerance_settings(30)
+    assert s.val_fraction == 0 and s.calibrate_folds >= 2 and s.max_shift > 30  # ±30 inside the training range
+    c = apply_shift_tolerance(TrainConfig(), 30).check()
+    assert (c.val_fraction, c.calibrate_folds, c.augment_config.max_shift) == (0, s.calibrate_folds, s.max_shift)
+    kept = apply_shift_tolerance(TrainConfig(val_fraction=0.2), 30, keep={"val_fraction", "calibrate_folds"})
+    assert (kept.val_fraction, kept.calibrate_folds) == (0.2, 0)
+    semi = apply_shift_tolerance(TrainConfig(semi="sgan"), 30).check()  # no cross-fitting for semi-supervised
+    assert semi.calibrate_folds == 0 and semi.val_fraction == 0
 
 
 @pytest.mark.parametrize("cm", [-1, MAX_TOLERANCE + 1, float("nan"), float("inf")])

@@ -198,7 +198,7 @@ def _config(options: dict[str, Any]) -> TrainConfig:
     config = TrainConfig(**kw, augment_config=aug, semi_config=parse_semi_options(options.get("semi_opt") or ()))
     if options.get("shift_tolerance") is not None:
         ctx = click.get_current_context()
-        keep = {k for k in ("pool", "n_pool", "patience", "epochs")
+        keep = {k for k in ("pool", "n_pool", "patience", "epochs", "val_fraction", "calibrate_folds")
                 if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         keep |= {k for k in ("max_shift", "p_shift") if any(i.split("=")[0].strip() == k for i in options["aug"])}
         config = apply_shift_tolerance(config, options["shift_tolerance"], keep=keep)

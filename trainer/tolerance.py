@@ -54,6 +54,12 @@ class ToleranceSettings:
         ... applied to this fraction of the training spectra each epoch.
     patience, epochs : int
         Early-stopping patience and epoch budget: wide shift augmentation needs a longer schedule.
+    val_fraction : float or None
+        Validation split (early stopping); ``0`` trains every spectrum for exactly ``epochs``;
+        ``None`` leaves the configuration's.
+    calibrate_folds : int or None
+        Cross-fitted temperature folds: without a validation split the temperature is fitted
+        out of fold instead (as for the shipped model); ``None`` leaves the configuration's.
     """
 
     tolerance: float
@@ -63,6 +69,8 @@ class ToleranceSettings:
     p_shift: float
     patience: int
     epochs: int
+    val_fraction: float | None = None
+    calibrate_folds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,6 +87,8 @@ class RuleRow:
     p_shift: float
     patience: int
     epochs: int
+    val_fraction: float | None = None
+    calibrate_folds: int | None = None
 
 
 #: The rule: the first row whose ``limit`` covers the request applies; training shifts reach
@@ -86,18 +96,24 @@ class RuleRow:
 #: on raw_train.npz (docs/augmentation.md, "Shift tolerance"; benchmarks/shift_tolerance.py):
 #: on the Liu CNN, larger or more pooling layers (m=4/6, n=4/10) bought no shift tolerance that the
 #: augmentation did not already give and cost unshifted accuracy, so m = 3, n = 3 (the shipped
-#: model's) throughout; what did help at ±30 was training longer (patience 40 -> 150).
+#: model's) throughout; what did help at ±30 was training longer (patience 40 -> 150), and (stop 14)
+#: training shifts a third wider than the drift, so that the worst case lies inside the training
+#: range rather than at its edge (±40 for 30: 0.61-0.65 at ±30 instead of 0.51-0.54; ±45 was no
+#: better), with every spectrum trained for a fixed 500 epochs (no validation split; the temperature
+#: cross-fitted on 5 folds, as for the shipped model).
 TOLERANCE_RULE: tuple[RuleRow, ...] = (
     RuleRow(limit=6.0, pool=3, n_pool=3, shift_factor=1.0, p_shift=0.8, patience=40, epochs=300),
     RuleRow(limit=15.0, pool=3, n_pool=3, shift_factor=1.0, p_shift=0.8, patience=100, epochs=600),
-    RuleRow(limit=30.0, pool=3, n_pool=3, shift_factor=1.0, p_shift=0.8, patience=150, epochs=1000),
+    RuleRow(limit=30.0, pool=3, n_pool=3, shift_factor=4 / 3, p_shift=0.8, patience=150, epochs=500,
+            val_fraction=0.0, calibrate_folds=5),
 )
 #: Smallest training shift range (cm⁻¹): ±6 cost no unshifted accuracy (0.764 vs 0.752 with ±3).
 MIN_TRAIN_SHIFT = 6.0
 #: The largest tolerance the rule was checked for (cm⁻¹); larger requests are refused.
 MAX_TOLERANCE = TOLERANCE_RULE[-1].limit
 #: Options the rule sets (the CLI keeps those given explicitly).
-RULE_OPTIONS = ("pool", "n_pool", "max_shift", "p_shift", "patience", "epochs")
+RULE_OPTIONS = ("pool", "n_pool", "max_shift", "p_shift", "patience", "epochs", "val_fraction",
+                "calibrate_folds")
 
 
 def tolerance_settings(cm: float) -> ToleranceSettings:
@@ -114,7 +130,8 @@ def tolerance_settings(cm: float) -> ToleranceSettings:
     row = next(r for r in TOLERANCE_RULE if cm <= r.limit)
     return ToleranceSettings(tolerance=cm, pool=row.pool, n_pool=row.n_pool,
                              max_shift=max(MIN_TRAIN_SHIFT, row.shift_factor * cm), p_shift=row.p_shift,
-                             patience=row.patience, epochs=row.epochs)
+                             patience=row.patience, epochs=row.epochs, val_fraction=row.val_fraction,
+                             calibrate_folds=row.calibrate_folds)
 
 
 def apply_shift_tolerance(config: TrainConfig, cm: float, keep: Iterable[str] = ()) -> TrainConfig:
@@ -137,6 +154,11 @@ def apply_shift_tolerance(config: TrainConfig, cm: float, keep: Iterable[str] = 
         **{k: getattr(s, k) for k in ("max_shift", "p_shift") if k not in keep})
     changes: dict[str, Any] = {k: getattr(s, k) for k in ("pool", "n_pool", "patience", "epochs")
                                if k not in keep}
+    if s.val_fraction is not None and "val_fraction" not in keep:
+        changes["val_fraction"] = s.val_fraction
+    # cross-fitted temperatures are for supervised training (TrainConfig.check)
+    if s.calibrate_folds is not None and "calibrate_folds" not in keep and config.semi is None:
+        changes["calibrate_folds"] = s.calibrate_folds
     out = dataclasses.replace(config, augment_config=aug, shift_tolerance=s.tolerance, **changes)
     if keep:
         log.info("shift tolerance %g cm⁻¹: kept the explicit %s", cm, ", ".join(sorted(keep)))
