@@ -17,9 +17,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "augmentation.md"
 
 
 def documented_rule() -> dict[float, tuple]:
-    """Rows ``| 5 | 3 | 3 | ±6 | 0.8 | 40 | 300 | 0.15 | validation split | ...`` of the table under
-    "### The rule" in docs/augmentation.md: m, n, training shift, p_shift, patience, epochs, and the
-    validation split (a number, or "default": the configuration's)."""
+    """Rows ``| 5 | 3 | 3 | ±6 | 0.8 | 40 | 300 | default | ...`` of the table under "### The rule" in
+    docs/augmentation.md: m, n, training shift, p_shift, patience, epochs, and the validation split
+    (a number, or "default": the configuration's)."""
     text = DOC.read_text(encoding="utf-8")
     section = text.split("### The rule", 1)[1].split("\n#", 1)[0]
     rows = {}
