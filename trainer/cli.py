@@ -192,15 +192,15 @@ def _config(options: dict[str, Any]) -> TrainConfig:
 
     from .augment import parse_augment_options
     from .config import parse_semi_options
-    from .tolerance import apply_shift_tolerance
+    from .tolerance import RULE_OPTIONS, apply_shift_tolerance
 
     kw = {k: v for k, v in options.items() if k not in ("aug", "shift_tolerance", "unlabeled", "semi_opt")}
     aug = parse_augment_options(options.get("aug") or ())
     config = TrainConfig(**kw, augment_config=aug, semi_config=parse_semi_options(options.get("semi_opt") or ()))
     if options.get("shift_tolerance") is not None:
         ctx = click.get_current_context()
-        keep = {k for k in ("pool", "n_pool", "patience", "epochs", "val_fraction", "calibrate_folds")
-                if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        keep = {k for k in RULE_OPTIONS if k not in ("max_shift", "p_shift")  # those two are --aug items
+                and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         keep |= {k for k in ("max_shift", "p_shift") if any(i.split("=")[0].strip() == k for i in options["aug"])}
         config = apply_shift_tolerance(config, options["shift_tolerance"], keep=keep)
     return config.check()

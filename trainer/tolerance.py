@@ -152,13 +152,10 @@ def apply_shift_tolerance(config: TrainConfig, cm: float, keep: Iterable[str] = 
         keep |= {"pool", "n_pool"}
     aug = config.augment_config.replace(
         **{k: getattr(s, k) for k in ("max_shift", "p_shift") if k not in keep})
-    changes: dict[str, Any] = {k: getattr(s, k) for k in ("pool", "n_pool", "patience", "epochs")
-                               if k not in keep}
-    if s.val_fraction is not None and "val_fraction" not in keep:
-        changes["val_fraction"] = s.val_fraction
     # cross-fitted temperatures are for supervised training (TrainConfig.check)
-    if s.calibrate_folds is not None and "calibrate_folds" not in keep and config.semi is None:
-        changes["calibrate_folds"] = s.calibrate_folds
+    skip = keep | {"max_shift", "p_shift"} | ({"calibrate_folds"} if config.semi is not None else set())
+    # the TrainConfig fields the rule sets; None in a row: the configuration's value stays
+    changes: dict[str, Any] = {k: getattr(s, k) for k in RULE_OPTIONS if k not in skip and getattr(s, k) is not None}
     out = dataclasses.replace(config, augment_config=aug, shift_tolerance=s.tolerance, **changes)
     if keep:
         log.info("shift tolerance %g cm⁻¹: kept the explicit %s", cm, ", ".join(sorted(keep)))
