@@ -1,0 +1,50 @@
+"""benchmarks/shift_search.py: test-time shift search, its windows and reducers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+
+import benchmarks.shift_search as bench
+
+
+def test_windows_parse_and_always_include_no_shift() -> None:
+    assert bench.parse_windows("0:1, 30:5") == [(0, 1), (30, 5)]
+    assert bench.offsets(0, 1) == [0]
+    assert bench.offsets(10, 5) == [-10, -5, 0, 5, 10]
+    assert bench.offsets(7, 3) == [-6, -3, 0, 3, 6]
+    for bad in ("30", "30:0", "-5:1", "a:b", ""):
+        with pytest.raises(click.BadParameter):
+            bench.parse_windows(bad)
+
+
+def test_reducers_pick_the_best_aligned_offset_or_the_average() -> None:
+    # Class 1 fits perfectly at one offset only; class 0 fits moderately at every offset.
+    probs = np.array([[[0.7, 0.3]], [[0.7, 0.3]], [[0.7, 0.3]], [[0.05, 0.95]]])
+    shifts = [0, 5, -5, 30]
+    assert bench.reduce_scores(probs, shifts, "mean").argmax() == 0
+    assert bench.reduce_scores(probs, shifts, "max").argmax() == 1
+    # A prior against large offsets overrules the far alignment when strong enough.
+    assert bench.reduce_scores(probs, shifts, "max-pen", 0.001).argmax() == 1
+    assert bench.reduce_scores(probs, shifts, "max-pen", 0.1).argmax() == 0
+    with pytest.raises(ValueError):
+        bench.reduce_scores(probs, shifts, "median")
+
+
+def test_run_without_search_is_the_plain_classifier(tmp_path: Path) -> None:
+    from calibration.dataset import load_dataset
+    from trainer.synthetic import write_synthetic_npz
+
+    path = write_synthetic_npz(tmp_path / "synth.npz", n_classes=3, per_class=[6, 6, 6], seed=2)
+    doc = bench.run(path, "cnn:liu:pool=4,n_pool=4,dense=8,val_fraction=0", [(0, 1), (4, 2)], [0.01],
+                    [15.0], "edge", folds=2, seed=0, threads=1, epochs=2)
+    assert sum(r["test_spectra"] for r in doc["folds"]) == len(load_dataset(path))
+    for row in doc["folds"]:
+        plain = row["top1"]["0:1/mean"]
+        # On a single offset every reducer is the classifier's own argmax.
+        assert row["top1"]["0:1/max"] == plain and row["top1"]["0:1/max-pen0.01"] == plain
+        assert set(plain) == {"+0", "+15", "-15"}
+        assert all(0.0 <= v <= 1.0 for by in row["top1"].values() for v in by.values())
+    assert set(doc["summary"]) == {f"{w}/{r}" for w in ("0:1", "4:2") for r in ("mean", "max", "max-pen0.01")}
