@@ -87,8 +87,9 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
 @click.option("--n-pool", "-n", type=click.IntRange(0, MAX_N_POOL), default=_D.n_pool, show_default=True,
               help="Number of pooling layers n (> 3 adds conv+pool blocks).")
 @click.option("--dense", type=click.IntRange(1, 8192), default=_D.dense, show_default=True,
-              help="Dense width = feature size. 64 suits tens of minerals; for hundreds, train wider "
-                   "(Sang Dataset_2, 1,332 minerals: 256 gave +4.4 points top-1, BENCHMARKS.md).")
+              help="Dense width = feature size. 64 suits tens of minerals (Soysal, 63: 256 lost 3.1 "
+                   "points top-1); for hundreds, train wider (Sang Dataset_2, 1,332 minerals: 256 gave "
+                   "+4.4 points, BENCHMARKS.md).")
 @click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=_D.dropout, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 100000), default=_D.epochs, show_default=True,
               help="Epoch budget (early stopping usually ends sooner).")
