@@ -102,9 +102,9 @@ class RuleRow:
 #: better), with every spectrum trained for a fixed 500 epochs (no validation split; the temperature
 #: cross-fitted on 5 folds, as for the shipped model).  Stop 16: the same recipe for the ≤ 15 band
 #: (±20 for 15: 0.72-0.74 at ±15 instead of 0.64-0.66, unshifted 0.81 vs 0.82; on a second seed
-#: 0.71-0.73 instead of 0.64-0.65, unshifted 0.82 vs 0.80).  Without a
-#: validation split ``patience`` only paces the learning-rate plateau (patience // 4 epochs of
-#: training loss); 40 is what the evidence for both fixed-budget rows was measured with.
+#: 0.71-0.73 instead of 0.64-0.65, unshifted 0.82 vs 0.80).  Without a validation split
+#: ``patience`` only paces the learning-rate plateau (patience // 4 epochs of training loss);
+#: the evidence for both fixed-budget rows was measured with the default, 40.
 TOLERANCE_RULE: tuple[RuleRow, ...] = (
     RuleRow(limit=6.0, pool=3, n_pool=3, shift_factor=1.0, p_shift=0.8, patience=40, epochs=300),
     RuleRow(limit=15.0, pool=3, n_pool=3, shift_factor=4 / 3, p_shift=0.8, patience=40, epochs=500,
