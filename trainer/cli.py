@@ -109,7 +109,7 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
                    "range lo,hi (spike_height=0.1,1); names and ranges in docs/augmentation.md.")
 @click.option("--shift-tolerance", type=click.FloatRange(0.0, MAX_TOLERANCE), default=None, metavar="CM",
               help="Expected Raman-shift drift of the instrument (cm⁻¹, e.g. 5, 15, 30): chooses -m, -n, the "
-                   "shift augmentation and a longer schedule (explicit -m/-n/--patience/--epochs/"
+                   "shift augmentation and the training schedule (explicit -m/-n/--patience/--epochs/"
                    "--val-fraction/--calibrate-folds/--aug max_shift,p_shift win) and records it in the "
                    "manifest. Rule and evidence: "
                    "docs/augmentation.md.")

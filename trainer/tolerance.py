@@ -53,7 +53,8 @@ class ToleranceSettings:
     p_shift : float
         ... applied to this fraction of the training spectra each epoch.
     patience, epochs : int
-        Early-stopping patience and epoch budget: wide shift augmentation needs a longer schedule.
+        Epoch budget, and the patience of early stopping or, without a validation split, of the
+        learning-rate plateau (halved after ``patience // 4`` epochs without progress).
     val_fraction : float or None
         Validation split (early stopping); ``0`` trains every spectrum for exactly ``epochs``;
         ``None`` leaves the configuration's.
