@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 #: find_peaks_cwt widths (cm⁻¹) and bin width (cm⁻¹) of Soysal et al. §3.
 PEAK_WIDTHS: tuple[float, ...] = (10.0, 20.0)
 PEAK_BIN = 12.0
+#: The shipped default model's recipe in CNNSpec syntax (README, "The shipped default model"):
+#: no validation split, a fixed 250 epochs, the trainer's default augmentation.
+SHIPPED_RECIPE = "cnn:liu:val_fraction=0,epochs=250"
 #: Hidden layers of the MLP baselines.
 MLP_SIZES: dict[str, tuple[int, ...]] = {"small": (64,), "mid": (512,), "large": (1024, 256)}
 #: Largest (rows × one-vs-one pairs) block of SVM decision values held at once.

@@ -36,14 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import CNNModel, CNNSpec, provenance  # noqa: E402
+from benchmarks.baselines import SHIPPED_RECIPE, CNNModel, CNNSpec, provenance  # noqa: E402
 from benchmarks.protocols import stratified_kfold  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rruff-soysal" / "raw_train.npz"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "ensemble_cv.json"
-#: The shipped default model's recipe (README, "The shipped default model").
-DEFAULT_SPEC = "cnn:liu:val_fraction=0,epochs=250"
 
 log = logging.getLogger("ensemble_cv")
 
@@ -122,7 +120,7 @@ def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int
 
 @click.command()
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_DATA, show_default=True)
-@click.option("--spec", default=DEFAULT_SPEC, show_default=True, help="CNN recipe (soysal_table.py syntax).")
+@click.option("--spec", default=SHIPPED_RECIPE, show_default=True, help="CNN recipe (soysal_table.py syntax).")
 @click.option("--members", type=click.IntRange(2, 8), default=3, show_default=True)
 @click.option("--folds", type=click.IntRange(2, 10), default=5, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**31), default=0, show_default=True,

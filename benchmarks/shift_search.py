@@ -39,14 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import CNNModel, CNNSpec, provenance  # noqa: E402
+from benchmarks.baselines import SHIPPED_RECIPE, CNNModel, CNNSpec, provenance  # noqa: E402
 from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rruff-soysal" / "raw_train.npz"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "shift_search.json"
-#: The shipped default model's recipe (README, "The shipped default model").
-DEFAULT_SPEC = "cnn:liu:val_fraction=0,epochs=250"
 DEFAULT_WINDOWS = "0:1,4:2,10:5,20:5,30:5,40:5"
 DEFAULT_PENALTIES = "0.003,0.01,0.02"
 
@@ -135,7 +133,7 @@ def run(data: Path, spec: str, windows: list[tuple[int, int]], penalties: list[f
 
 @click.command()
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_DATA, show_default=True)
-@click.option("--spec", default=DEFAULT_SPEC, show_default=True, help="CNN recipe (soysal_table.py syntax).")
+@click.option("--spec", default=SHIPPED_RECIPE, show_default=True, help="CNN recipe (soysal_table.py syntax).")
 @click.option("--windows", default=DEFAULT_WINDOWS, show_default=True,
               help="Search windows HALF_WIDTH:STEP (cm⁻¹); 0:1 is no search.")
 @click.option("--penalties", default=DEFAULT_PENALTIES, show_default=True, help="max-pen priors (per cm⁻¹).")
