@@ -564,6 +564,13 @@ def split_model_list(items: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
+def write_result(out: "Path", doc: dict[str, Any]) -> None:
+    """Write a benchmark's JSON document to ``out`` (folders made) and say where, with its run time."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"{doc['seconds']:.0f} s -> {out}")
+
+
 def provenance(paths: list[Any], threads: int | None) -> dict[str, Any]:
     """Data hashes, command line, library versions and machine of a benchmark run."""
     import datetime as dt

@@ -22,7 +22,6 @@ Writes ``benchmarks/results/ensemble_cv.json`` and prints a table.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import SHIPPED_RECIPE, CNNModel, CNNSpec, provenance  # noqa: E402
+from benchmarks.baselines import SHIPPED_RECIPE, CNNModel, CNNSpec, provenance, write_result  # noqa: E402
 from benchmarks.protocols import stratified_kfold  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
 
@@ -156,9 +155,7 @@ def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: in
     if out is None and not quick:
         out = DEFAULT_OUT
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"{doc['seconds']:.0f} s -> {out}")
+        write_result(out, doc)
 
 
 if __name__ == "__main__":
