@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from benchmarks.baselines import SHIPPED_RECIPE, CNNModel, CNNSpec, provenance, write_result  # noqa: E402
 from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
+from edge.classifier import softmax  # noqa: E402  (the device's own softmax)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rruff-soysal" / "raw_train.npz"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "shift_search.json"
@@ -70,11 +71,6 @@ def offsets(w: int, step: int) -> list[int]:
     """The search offsets of a window, symmetric about 0 and always including it."""
     right = list(range(0, w + 1, step))
     return sorted({-s for s in right} | set(right))
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def reduce_scores(probs: np.ndarray, shifts: list[int], reducer: str, penalty: float = 0.0) -> np.ndarray:
