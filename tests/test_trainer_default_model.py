@@ -44,3 +44,23 @@ def test_default_bundle_provenance_and_fit_on_real_data(bundle):
     pred = np.asarray(bundle.classes)[logits.argmax(1)]
     # Mostly its own training data (85 %), so well above the 5-fold CV estimate (~76 %).
     assert (pred == ds.labels).mean() > 0.85
+
+
+def test_default_bundle_is_trained_as_its_recorded_recipe(bundle):
+    """The shipped model's config is what its recorded command computes today (README, BENCHMARKS):
+    ``--shift-tolerance`` run through the current rule, every other option at the CLI default."""
+    from trainer.tolerance import apply_shift_tolerance
+
+    t = bundle.manifest["training"]
+    recorded = t["config"]
+    tolerance = recorded["shift_tolerance"]
+    assert tolerance is not None and f"--shift-tolerance {tolerance:g}" in t["command"]
+    expected = apply_shift_tolerance(TrainConfig(), tolerance).to_dict()
+    for key in ("pool", "n_pool", "dense", "epochs", "patience", "val_fraction", "calibrate_folds", "seed"):
+        assert recorded[key] == expected[key], key
+    for key in ("max_shift", "p_shift", "p_background_swap"):
+        assert recorded["augment_config"][key] == expected["augment_config"][key], key
+    # Trained on every spectrum for the whole budget, temperature cross-fitted (not left at 1).
+    assert t["epochs_run"] == expected["epochs"] and t["metrics"]["val_spectra"] == 0
+    assert t["metrics"]["calibration"]["folds"] == expected["calibrate_folds"]
+    assert bundle.temperature == t["metrics"]["calibration"]["temperature"] != 1.0
