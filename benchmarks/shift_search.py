@@ -5,6 +5,8 @@ spectrum at every offset ``s`` of a window (``-W, -W+step, ..., W``), then reduc
 the ``len(window)`` softmax outputs to one, by
 
 * ``mean``: the mean probability over offsets (one class must fit well on average);
+* ``geo``: the mean log-probability (same ranking as averaging the logits or, through a
+  linear head, the features: what a bundle's backbone can do inside its own graph);
 * ``max``: the best probability of each class over offsets (the best alignment wins);
 * ``max-pen``: ``max_s log p_s(c) - penalty * |s|``, a prior that drifts are small.
 
@@ -77,6 +79,8 @@ def reduce_scores(probs: np.ndarray, shifts: list[int], reducer: str, penalty: f
     """(S, N, K) probabilities at S offsets -> (N, K) scores."""
     if reducer == "mean":
         return probs.mean(0)
+    if reducer == "geo":
+        return np.log(probs + 1e-12).mean(0)
     if reducer == "max":
         return probs.max(0)
     if reducer == "max-pen":
@@ -90,7 +94,7 @@ def run(data: Path, spec: str, windows: list[tuple[int, int]], penalties: list[f
     dataset = load_dataset(data)
     splits = stratified_kfold(dataset.labels, folds, seed)
     drifts = [0.0] + [s * sign for s in shifts for sign in (1, -1)]
-    reducers = [("mean", 0.0), ("max", 0.0)] + [("max-pen", p) for p in penalties]
+    reducers = [("mean", 0.0), ("geo", 0.0), ("max", 0.0)] + [("max-pen", p) for p in penalties]
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for f, split in enumerate(splits):

@@ -26,6 +26,11 @@ def test_reducers_pick_the_best_aligned_offset_or_the_average() -> None:
     shifts = [0, 5, -5, 30]
     assert bench.reduce_scores(probs, shifts, "mean").argmax() == 0
     assert bench.reduce_scores(probs, shifts, "max").argmax() == 1
+    # The geometric mean (averaged logits) is ruled by the worst fit: class 0's one misfit (0.05) outweighs
+    # its three good fits (0.7**3 * 0.05 < 0.3**3 * 0.95), so it picks class 1 where the mean picks class 0.
+    geo = bench.reduce_scores(probs, shifts, "geo")
+    np.testing.assert_allclose(geo, np.log(probs).mean(0), atol=1e-9)
+    assert geo.argmax() == 1
     # A prior against large offsets overrules the far alignment when strong enough.
     assert bench.reduce_scores(probs, shifts, "max-pen", 0.001).argmax() == 1
     assert bench.reduce_scores(probs, shifts, "max-pen", 0.1).argmax() == 0
@@ -45,6 +50,7 @@ def test_run_without_search_is_the_plain_classifier(tmp_path: Path) -> None:
         plain = row["top1"]["0:1/mean"]
         # On a single offset every reducer is the classifier's own argmax.
         assert row["top1"]["0:1/max"] == plain and row["top1"]["0:1/max-pen0.01"] == plain
+        assert row["top1"]["0:1/geo"] == plain
         assert set(plain) == {"+0", "+15", "-15"}
         assert all(0.0 <= v <= 1.0 for by in row["top1"].values() for v in by.values())
-    assert set(doc["summary"]) == {f"{w}/{r}" for w in ("0:1", "4:2") for r in ("mean", "max", "max-pen0.01")}
+    assert set(doc["summary"]) == {f"{w}/{r}" for w in ("0:1", "4:2") for r in ("mean", "geo", "max", "max-pen0.01")}
