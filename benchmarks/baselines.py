@@ -564,11 +564,20 @@ def split_model_list(items: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-def write_result(out: "Path", doc: dict[str, Any]) -> None:
-    """Write a benchmark's JSON document to ``out`` (folders made) and say where, with its run time."""
+def write_result(out: "Path | None", doc: dict[str, Any], *, default: "Path", quick: bool = False) -> "Path | None":
+    """Write a benchmark's JSON document (folders made) and say where, with its run time.
+
+    To ``out`` when given; otherwise to ``default``, except for a ``quick`` smoke run, which
+    writes nothing unless asked (its figures are not results).  Returns the path written, if any.
+    """
+    if out is None:
+        if quick:
+            return None
+        out = default
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{doc['seconds']:.0f} s -> {out}")
+    return out
 
 
 def provenance(paths: list[Any], threads: int | None) -> dict[str, Any]:

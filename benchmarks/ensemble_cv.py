@@ -152,10 +152,7 @@ def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: in
         std = f" ± {s['ensemble_top1_std'][n - 1]:.3f}" if s["ensemble_top1_std"] else ""
         print(f"| {n} | {s['ensemble_top1_mean'][n - 1]:.3f}{std} | {s['member_top1_mean'][n - 1]:.3f} "
               f"({seed + n - 1}) |")
-    if out is None and not quick:
-        out = DEFAULT_OUT
-    if out is not None:
-        write_result(out, doc)
+    write_result(out, doc, default=DEFAULT_OUT, quick=quick)
 
 
 if __name__ == "__main__":

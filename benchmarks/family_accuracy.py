@@ -101,16 +101,13 @@ def main(data: Path, specs: tuple[str, ...], folds: int, seed: int, threads: int
     logging.getLogger("trainer").setLevel(logging.WARNING)
     doc = run(data, list(specs), 2 if quick else folds, seed, threads, epochs=2 if quick else None)
     names = list(FAMILIES)
-    print(f"{folds}-fold CV (seed {seed}): correct / test spectra per family")
+    print(f"{doc['protocol']['folds']}-fold CV (seed {seed}): correct / test spectra per family")
     print("| recipe | top-1 | " + " | ".join(names) + " |")
     print("|---|---:|" + "---:|" * len(names))
     for spec, r in doc["recipes"].items():
         cells = " | ".join(f"{r['families'][n]['correct']}/{r['families'][n]['total']}" for n in names)
         print(f"| {spec} | {r['top1']:.3f} | {cells} |")
-    if out is None and not quick:
-        out = DEFAULT_OUT
-    if out is not None:
-        write_result(out, doc)
+    write_result(out, doc, default=DEFAULT_OUT, quick=quick)
 
 
 if __name__ == "__main__":

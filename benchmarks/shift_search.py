@@ -163,10 +163,7 @@ def main(data: Path, spec: str, windows: str, penalties: str, shifts: str, fill:
     print("|---|" + "---:|" * len(drifts))
     for key, by in doc["summary"].items():
         print(f"| {key} | " + " | ".join(f"{by[d]:.3f}" for d in drifts) + " |")
-    if out is None and not quick:
-        out = DEFAULT_OUT
-    if out is not None:
-        write_result(out, doc)
+    write_result(out, doc, default=DEFAULT_OUT, quick=quick)
 
 
 if __name__ == "__main__":

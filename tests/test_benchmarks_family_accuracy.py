@@ -23,3 +23,15 @@ def test_run_scores_every_test_spectrum_once(tmp_path: Path) -> None:
     fam = doc["recipes"][spec]["families"]["pair"]
     assert fam["total"] == 12 and 0 <= fam["correct"] <= 12
     assert 0.0 <= doc["recipes"][spec]["top1"] <= 1.0 and len(load_dataset(path)) == 18
+
+
+def test_write_result_policy(tmp_path: Path, capsys) -> None:
+    """Results go to --out, else to the default; a --quick smoke run writes nothing unless asked."""
+    from benchmarks.baselines import write_result
+
+    doc, default = {"seconds": 1.0}, tmp_path / "default" / "r.json"
+    assert write_result(None, doc, default=default, quick=True) is None and not default.exists()
+    assert write_result(None, doc, default=default) == default and default.exists()
+    out = tmp_path / "o" / "x.json"
+    assert write_result(out, doc, default=default, quick=True) == out and out.read_text().startswith("{")
+    assert str(out) in capsys.readouterr().out
