@@ -127,6 +127,10 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=_D.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Torch CPU threads [default: min(4, available CPUs)].")
+@click.option("--device", type=str, default=_D.device, show_default=True,
+              metavar="cpu|cuda[:N]|auto",
+              help="Where the network trains: cpu, cuda, cuda:N, or auto (CUDA when torch sees a GPU). "
+                   "Augmentation and preprocessing run on the CPU either way; supervised training only.")
 @click.option("--semi", type=click.Choice(list(SEMI_METHODS)), default=None,
               help="Semi-supervised training that also learns from --unlabeled spectra: sgan (semi-supervised "
                    "GAN) or contrastive (SimCLR pretraining, head, fine-tuning). docs/semi_supervised.md.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +18,9 @@ MAX_N_POOL = LIU_MAX_N_POOL
 #: Liu options that are TrainConfig fields (--pool, --n-pool, --dense, --dropout), not ``arch_options``.
 LIU_FIELDS = ("pool", "n_pool", "dense", "dropout")
 
+
+#: Values of ``--device``.
+DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 #: Semi-supervised methods of ``raman-edge train --semi`` (trainer.semi).
 SEMI_METHODS = ("sgan", "contrastive")
@@ -206,6 +210,10 @@ class TrainConfig:
     monitor: str = "loss"
     seed: int = 0
     threads: int | None = None
+    #: Where the network trains (``--device``): ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when
+    #: torch sees a GPU).  Augmentation and preprocessing stay on the CPU (numpy); the trained model
+    #: is returned on the CPU.  CUDA runs repeat on the same GPU and software, not bit for bit on a CPU.
+    device: str = "cpu"
     augment: bool = True
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
     #: Fit a softmax temperature on the validation split and store it in the bundle (trainer.temperature).
@@ -258,6 +266,8 @@ class TrainConfig:
             ("monitor", self.monitor in ("loss", "accuracy"), "'loss' or 'accuracy'"),
             ("seed", 0 <= self.seed < 2**32, "in 0..2**32-1"),
             ("threads", self.threads is None or self.threads >= 1, ">= 1"),
+            ("device", isinstance(self.device, str) and DEVICE_PATTERN.fullmatch(self.device) is not None,
+             "cpu, cuda, cuda:N or auto"),
             ("shift_tolerance", self.shift_tolerance is None or 0.0 <= self.shift_tolerance < np.inf, ">= 0"),
         ]
         for name, ok, rule in rules:
@@ -268,6 +278,8 @@ class TrainConfig:
         if self.semi is not None and self.calibrate_folds:
             raise ConfigError("calibrate_folds: cross-fitted temperatures are for supervised training; "
                               f"--semi {self.semi} fits T on its validation split")
+        if self.semi is not None and self.device != "cpu":
+            raise ConfigError(f"device {self.device}: --semi {self.semi} trains on the CPU only")
         if self.semi is not None and self.ensemble > 1:
             raise ConfigError(f"ensemble: seed ensembles are for supervised training, not --semi {self.semi}")
         self.semi_config.check()

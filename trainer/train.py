@@ -95,6 +95,29 @@ def configure_torch(seed: int, threads: int | None = None) -> int:
     return threads
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device of ``--device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
+
+    Raises
+    ------
+    ConfigError
+        CUDA asked for where this torch build or machine has none (names the build).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name}: torch {torch.__version__} sees no CUDA GPU "
+                              f"(use --device cpu, or a CUDA build of torch on a machine with a GPU)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        # Repeatable runs on one GPU: no autotuned (timing-dependent) convolution algorithms.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return device
+
+
 def split_validation(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation split that protects small classes.
 
@@ -138,10 +161,11 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of preprocessed spectra ``x`` (N, P) in eval mode, as float32 numpy."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     try:
-        out = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)))
-               for i in range(0, len(x), batch_size)]
+        out = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)).to(device))
+               .cpu() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
@@ -209,6 +233,7 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
     if len(classes) < 2:
         raise ConfigError(f"{dataset.path or 'dataset'}: need at least 2 classes to train, found {classes}")
     threads = configure_torch(config.seed, config.threads)
+    device = resolve_device(config.device)
     split_ss, aug_ss, shuffle_ss = np.random.SeedSequence(config.seed).spawn(3)
     if validation_seed is not None:
         split_ss = np.random.SeedSequence(validation_seed).spawn(3)[0]
@@ -238,9 +263,11 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
                                 config.arch)
         except ValueError as e:  # options that only the builder can judge (e.g. an input too short for the stack)
             raise ConfigError(f"arch {config.arch}: {e}") from None
-    log.info("training %s on %d spectra (%d validation), %d classes, %d parameters, %d threads",
-             config.arch, train_idx.size, val_idx.size, len(classes), count_parameters(model), threads)
-    weights = torch.tensor(class_weights(y_all[train_idx], len(classes)), dtype=torch.float32)
+    log.info("training %s on %d spectra (%d validation), %d classes, %d parameters, %d threads, on %s",
+             config.arch, train_idx.size, val_idx.size, len(classes), count_parameters(model), threads, device)
+    model.to(device)
+    y_train_dev = y_train.to(device)
+    weights = torch.tensor(class_weights(y_all[train_idx], len(classes)), dtype=torch.float32, device=device)
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5,
@@ -257,21 +284,21 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
             x_np = pre.batch(augmenter(raw_train, axis), axis, where=where_train)
         else:
             x_np = x_train_clean
-        x_train = torch.from_numpy(x_np)
+        x_train = torch.from_numpy(x_np).to(device)
         model.train()
-        order = torch.from_numpy(shuffle_rng.permutation(train_idx.size))
+        order = torch.from_numpy(shuffle_rng.permutation(train_idx.size)).to(device)
         total_loss, correct = 0.0, 0
         for i in range(0, order.numel(), config.batch_size):
             b = order[i:i + config.batch_size]
             opt.zero_grad(set_to_none=True)
             logits = model(x_train[b])
             # Models with auxiliary losses (the DRCNN's recursive supervision) combine them themselves.
-            loss = (model.training_loss(logits, y_train[b], loss_fn) if hasattr(model, "training_loss")
-                    else loss_fn(logits, y_train[b]))
+            loss = (model.training_loss(logits, y_train_dev[b], loss_fn) if hasattr(model, "training_loss")
+                    else loss_fn(logits, y_train_dev[b]))
             loss.backward()
             opt.step()
             total_loss += loss.item() * b.numel()
-            correct += int((logits.argmax(1) == y_train[b]).sum())
+            correct += int((logits.argmax(1) == y_train_dev[b]).sum())
         train_loss, train_acc = total_loss / order.numel(), correct / order.numel()
         val_loss = val_acc = None
         if x_val is not None:
@@ -295,6 +322,7 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
             log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
             break
     model.load_state_dict(best_state)
+    model.to("cpu")  # export, the CNN+KNN features and the callers' predictions run on the CPU
     model.eval()
 
     metrics: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(history),
