@@ -384,12 +384,13 @@ class CNNSpec:
 
 
 def make_train_config(spec: CNNSpec, *, seed: int, threads: int | None, epochs: int | None = None,
-                      patience: int | None = None) -> Any:
+                      patience: int | None = None, device: str | None = None) -> Any:
     """A checked :class:`trainer.config.TrainConfig` for ``spec``.
 
     Overrides that are TrainConfig fields (``pool``, ``dense``, ``lr`` ...) set
     those; the others go to ``arch_options`` (the architecture's own options,
     ``raman-edge train --list-archs``), where the trainer checks them.
+    ``device`` (``--device`` of the scripts) applies unless the spec sets its own.
     """
     import trainer.config as tc
     from trainer.config import TrainConfig
@@ -398,6 +399,8 @@ def make_train_config(spec: CNNSpec, *, seed: int, threads: int | None, epochs: 
     if spec.arch != tc.ARCH_NAME:  # liu's TrainConfig fields are other architectures' arch_options
         known -= set(getattr(tc, "LIU_FIELDS", ()))
     kw: dict[str, Any] = {"arch": spec.arch, "seed": seed, "threads": threads}
+    if device is not None:
+        kw["device"] = device
     arch_options: dict[str, Any] = {}
     aug: dict[str, Any] = {}
     for k, v in spec.overrides.items():
@@ -424,10 +427,12 @@ class CNNModel(Model):
     """A trainer CNN; after :meth:`fit`, :attr:`feature_knn` is its CNN+KNN sibling (same weights)."""
 
     def __init__(self, spec: CNNSpec, *, seed: int = 0, threads: int | None = 1, epochs: int | None = None,
-                 patience: int | None = None, preprocessing: dict[str, Any] | None = None) -> None:
+                 patience: int | None = None, preprocessing: dict[str, Any] | None = None,
+                 device: str | None = None) -> None:
         self.spec = spec
         self.name = spec.name
-        self.config = make_train_config(spec, seed=seed, threads=threads, epochs=epochs, patience=patience)
+        self.config = make_train_config(spec, seed=seed, threads=threads, epochs=epochs, patience=patience,
+                                        device=device)
         self.description = f"{spec.arch} CNN via trainer.train.train ({self.config.to_dict()['epochs']} epochs max)"
         self.preprocessing = preprocessing
         self.result: Any = None
@@ -440,7 +445,11 @@ class CNNModel(Model):
         self.result = fit(train, self.config, preprocessing=self.preprocessing)
         self._pre = Preprocessor(self.result.preprocessing)
         self.classes = np.asarray(self.result.classes).astype(str)
-        self.feature_knn = CNNFeatureKNN(self).fit(train)
+        self.feature_knn = CNNFeatureKNN(self).fit(train)  # exports the CPU model to ONNX
+        if self.config.device != "cpu":  # score where it trained (predict_logits follows the model)
+            from trainer.train import resolve_device
+
+            self.result.model.to(resolve_device(self.config.device))
         return self
 
     def preprocess(self, spectra: np.ndarray, wavenumbers: np.ndarray) -> np.ndarray:
@@ -484,7 +493,8 @@ class CNNFeatureKNN(Model):
         model = self.cnn.result.model
         model.eval()
         with torch.no_grad():
-            return model.backbone(torch.from_numpy(x)).numpy().astype(np.float64)
+            device = next(model.parameters()).device
+            return model.backbone(torch.from_numpy(x).to(device)).cpu().numpy().astype(np.float64)
 
     def fit(self, train: Dataset) -> "CNNFeatureKNN":
         from sklearn.neighbors import KNeighborsClassifier
@@ -530,9 +540,13 @@ BASELINES: dict[str, Callable[..., Model]] = {
 
 # ----------------------------------------------------------------------------- driver helpers
 
+#: The benchmark scripts' ``--device`` option (trainer ``TrainConfig.device``).
+DEVICE_HELP = "Where the CNNs train: cpu, cuda, cuda:N or auto (raman-edge train --device)."
+
+
 def model_factory(name: str, *, counter: PeakCounter, seed: int, threads: int | None, epochs: int | None,
                   patience: int | None, mlp_iter: int, preprocessing: dict[str, Any] | None,
-                  aliases: dict[str, CNNSpec] | None = None) -> Callable[[], Model]:
+                  aliases: dict[str, CNNSpec] | None = None, device: str | None = None) -> Callable[[], Model]:
     """A function returning a fresh model for ``name`` (a baseline, an alias, or ``cnn:ARCH[:k=v,...]``)."""
     if name in BASELINES:
         return lambda: BASELINES[name](counter=counter, seed=seed, max_iter=mlp_iter)
@@ -540,9 +554,9 @@ def model_factory(name: str, *, counter: PeakCounter, seed: int, threads: int | 
     if spec is None:
         raise ConfigError(f"unknown model {name!r}; known: {sorted(BASELINES) + sorted(aliases or {})} "
                           "or cnn:ARCH[:key=value,...]")
-    make_train_config(spec, seed=seed, threads=threads, epochs=epochs, patience=patience)  # fail early
+    make_train_config(spec, seed=seed, threads=threads, epochs=epochs, patience=patience, device=device)  # fail early
     return lambda: CNNModel(spec, seed=seed, threads=threads, epochs=epochs, patience=patience,
-                            preprocessing=preprocessing)
+                            preprocessing=preprocessing, device=device)
 
 
 def split_model_list(items: tuple[str, ...] | list[str]) -> list[str]:
@@ -599,6 +613,8 @@ def provenance(paths: list[Any], threads: int | None) -> dict[str, Any]:
         import torch
 
         versions["torch"] = torch.__version__
+        if torch.cuda.is_available():  # a GPU the trainer may have used (--device)
+            versions["cuda_device"] = torch.cuda.get_device_name()
     except ImportError:  # pragma: no cover - benchmarks need the train extra for CNN rows only
         pass
     return {"data": [{"path": str(p), "sha256": file_sha256(p)} for p in map(Path, paths)],

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import SHIPPED_RECIPE, CNNModel, CNNSpec, provenance, write_result  # noqa: E402
+from benchmarks.baselines import DEVICE_HELP, SHIPPED_RECIPE, CNNModel, CNNSpec, provenance, write_result  # noqa: E402
 from benchmarks.protocols import stratified_kfold  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
 
@@ -81,7 +81,7 @@ def latency(members: int, points: int = 1392, classes: int = 63, calls: int = 20
 
 
 def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int,
-        epochs: int | None) -> dict[str, Any]:
+        epochs: int | None, device: str = "cpu") -> dict[str, Any]:
     dataset = load_dataset(data)
     splits = stratified_kfold(dataset.labels, folds, seed)
     rows: list[dict[str, Any]] = []
@@ -91,7 +91,8 @@ def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int
         logits, y = [], None
         for j in range(members):
             t0 = time.perf_counter()
-            model = CNNModel(CNNSpec.parse(spec), seed=seed + j, threads=threads, epochs=epochs).fit(train)
+            model = CNNModel(CNNSpec.parse(spec), seed=seed + j, threads=threads, epochs=epochs,
+                             device=device).fit(train)
             z = model.scores(test.spectra, test.wavenumbers)
             y = np.searchsorted(model.classes, test.labels)
             logits.append(z)
@@ -125,10 +126,11 @@ def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int
 @click.option("--seed", type=click.IntRange(0, 2**31), default=0, show_default=True,
               help="Folds and the first member's seed.")
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help=DEVICE_HELP)
 @click.option("--quick", is_flag=True, help="2 folds, 2 members, 2 epochs; no JSON unless --out.")
 @click.option("--latency", "latency_only", is_flag=True, help="Only time 1 vs N members in ONNX Runtime.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: int, quick: bool,
+def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: int, device: str, quick: bool,
          latency_only: bool, out: Path | None) -> None:
     """Seed ensembles of a CNN recipe: top-1 of 1..N members, 5-fold CV on the Soysal split."""
     if latency_only:
@@ -143,7 +145,7 @@ def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: in
     logging.getLogger("trainer").setLevel(logging.WARNING)
     if quick:
         members, folds = 2, 2
-    doc = run(data, spec, members, folds, seed, threads, epochs=2 if quick else None)
+    doc = run(data, spec, members, folds, seed, threads, epochs=2 if quick else None, device=device)
     s = doc["summary"]
     print(f"{spec}, {folds}-fold CV (seed {seed}), members seeds {doc['member_seeds']}")
     print("| members | ensemble top-1 | single member (seed) |")

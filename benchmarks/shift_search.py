@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import SHIPPED_RECIPE, CNNModel, CNNSpec, provenance, write_result  # noqa: E402
+from benchmarks.baselines import DEVICE_HELP, SHIPPED_RECIPE, CNNModel, CNNSpec, provenance, write_result  # noqa: E402
 from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
 from edge.classifier import softmax  # noqa: E402  (the device's own softmax)
@@ -90,17 +90,21 @@ def reduce_scores(probs: np.ndarray, shifts: list[int], reducer: str, penalty: f
 
 
 def run(data: Path, spec: str, windows: list[tuple[int, int]], penalties: list[float], shifts: list[float],
-        fill: str, folds: int, seed: int, threads: int, epochs: int | None) -> dict[str, Any]:
+        fill: str, folds: int, seed: int, threads: int, epochs: int | None, device: str = "cpu",
+        only_folds: list[int] | None = None) -> dict[str, Any]:
     dataset = load_dataset(data)
     splits = stratified_kfold(dataset.labels, folds, seed)
+    run_folds = only_folds or list(range(1, folds + 1))
     drifts = [0.0] + [s * sign for s in shifts for sign in (1, -1)]
     reducers = [("mean", 0.0), ("geo", 0.0), ("max", 0.0)] + [("max-pen", p) for p in penalties]
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for f, split in enumerate(splits):
+        if f + 1 not in run_folds:
+            continue
         train, test = dataset.subset(split.train), dataset.subset(split.test)
         t0 = time.perf_counter()
-        model = CNNModel(CNNSpec.parse(spec), seed=seed, threads=threads, epochs=epochs).fit(train)
+        model = CNNModel(CNNSpec.parse(spec), seed=seed, threads=threads, epochs=epochs, device=device).fit(train)
         y = np.searchsorted(model.classes, test.labels)
         row: dict[str, Any] = {"fold": f + 1, "test_spectra": int(y.size), "top1": {}}
         for d in drifts:
@@ -120,14 +124,40 @@ def run(data: Path, spec: str, windows: list[tuple[int, int]], penalties: list[f
         rows.append(row)
         log.info("fold %d: unsearched top-1 %.3f (%.0f s)", f + 1, row["top1"]["0:1/mean"]["+0"],
                  time.perf_counter() - t0)
-    keys = list(rows[0]["top1"])
-    summary = {k: {d: round(float(np.mean([r["top1"][k][d] for r in rows])), 4) for d in rows[0]["top1"][k]}
-               for k in keys}
     return {"benchmark": "shift_search", **provenance([data], threads),
             "protocol": {"name": "stratified k-fold CV", "folds": folds, "seed": seed, "fill": fill,
                          "test_drifts_cm1": drifts},
             "spec": spec, "windows": [list(w) for w in windows], "penalties": penalties,
-            "seconds": round(time.perf_counter() - t_all, 1), "folds": rows, "summary": summary}
+            "seconds": round(time.perf_counter() - t_all, 1), "folds": rows, "summary": summarise_folds(rows)}
+
+
+def summarise_folds(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean top-1 over folds, per window/reducer and test drift."""
+    return {k: {d: round(float(np.mean([r["top1"][k][d] for r in rows])), 4) for d in rows[0]["top1"][k]}
+            for k in rows[0]["top1"]}
+
+
+def merge_fold_runs(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document from runs of single folds (``--fold``) of the same recipe and protocol.
+
+    Raises
+    ------
+    click.BadParameter
+        The runs differ in recipe, protocol, windows or data, or repeat a fold.
+    """
+    first = docs[0]
+    same = ("spec", "protocol", "windows", "penalties")
+    for d in docs[1:]:
+        diff = [k for k in same if d.get(k) != first.get(k)] + \
+            (["data"] if d["data"][0]["sha256"] != first["data"][0]["sha256"] else [])
+        if diff:
+            raise click.BadParameter(f"runs differ in {diff}: {first['command']!r} vs {d['command']!r}")
+    rows = sorted((r for d in docs for r in d["folds"]), key=lambda r: r["fold"])
+    numbers = [r["fold"] for r in rows]
+    if len(set(numbers)) != len(numbers):
+        raise click.BadParameter(f"fold repeated among the runs: {numbers}")
+    return {**first, "command": [d["command"] for d in docs], "seconds": round(sum(d["seconds"] for d in docs), 1),
+            "folds": rows, "summary": summarise_folds(rows)}
 
 
 @click.command()
@@ -141,11 +171,26 @@ def run(data: Path, spec: str, windows: list[tuple[int, int]], penalties: list[f
 @click.option("--folds", type=click.IntRange(2, 10), default=5, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**31), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help=DEVICE_HELP)
+@click.option("--fold", "only_folds", type=click.IntRange(1, 10), multiple=True,
+              help="Run only this fold (repeatable), e.g. one process per fold; join the JSONs with --merge.")
+@click.option("--merge", "merge_runs", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="Join the JSONs of --fold runs of one recipe into one (no training).")
 @click.option("--quick", is_flag=True, help="2 folds, 2 epochs; no JSON unless --out.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def main(data: Path, spec: str, windows: str, penalties: str, shifts: str, fill: str, folds: int, seed: int,
-         threads: int, quick: bool, out: Path | None) -> None:
+         threads: int, device: str, only_folds: tuple[int, ...], merge_runs: tuple[Path, ...], quick: bool,
+         out: Path | None) -> None:
     """Test-time shift search vs none, on the Soysal split (stratified k-fold CV)."""
+    if merge_runs:
+        import json
+
+        doc = merge_fold_runs([json.loads(p.read_text()) for p in merge_runs])
+        print_summary(doc)
+        write_result(out, doc, default=DEFAULT_OUT)
+        return
+    if any(f > folds for f in only_folds):
+        raise click.BadParameter(f"{list(only_folds)}: there are {folds} folds", param_hint="--fold")
     if not data.exists():
         raise SystemExit(f"{data}: not found (see ../shared/data/README.md)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -156,14 +201,21 @@ def main(data: Path, spec: str, windows: str, penalties: str, shifts: str, fill:
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     doc = run(data, spec, parse_windows(windows), pens, drift, fill, 2 if quick else folds, seed, threads,
-              epochs=2 if quick else None)
-    print(f"{spec}, {len(doc['folds'])}-fold CV (seed {seed}), fill {fill}; top-1 by test drift (cm⁻¹)")
+              epochs=2 if quick else None, device=device, only_folds=list(only_folds) or None)
+    print_summary(doc)
+    write_result(out, doc, default=DEFAULT_OUT, quick=quick)
+
+
+def print_summary(doc: dict[str, Any]) -> None:
+    """The summary as a markdown table."""
+    p = doc["protocol"]
+    print(f"{doc['spec']}, folds {[r['fold'] for r in doc['folds']]} of {p['folds']}-fold CV (seed {p['seed']}), "
+          f"fill {p['fill']}; top-1 by test drift (cm⁻¹)")
     drifts = list(next(iter(doc["summary"].values())))
     print("| window / reducer | " + " | ".join(drifts) + " |")
     print("|---|" + "---:|" * len(drifts))
     for key, by in doc["summary"].items():
         print(f"| {key} | " + " | ".join(f"{by[d]:.3f}" for d in drifts) + " |")
-    write_result(out, doc, default=DEFAULT_OUT, quick=quick)
 
 
 if __name__ == "__main__":

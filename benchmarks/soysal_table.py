@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines import (previous_result, quiet_sklearn, BASELINES, CNNModel, CNNSpec, PeakCounter, discover_architectures,  # noqa: E402
+from benchmarks.baselines import (DEVICE_HELP, previous_result, quiet_sklearn, BASELINES, CNNModel, CNNSpec, PeakCounter, discover_architectures,  # noqa: E402
                                   evaluate, fmt_mean_std, model_factory, provenance, split_model_list)
 from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold, summarise  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
@@ -102,13 +102,15 @@ def shift_keys(shifts: list[float]) -> list[tuple[str, float]]:
 
 
 def run(data: Path, models: list[str], folds: int, seed: int, shifts: list[float], fill: str, *,
-        threads: int, epochs: int | None, patience: int | None, mlp_iter: int) -> dict[str, Any]:
+        threads: int, epochs: int | None, patience: int | None, mlp_iter: int,
+        device: str = "cpu") -> dict[str, Any]:
     """Cross-validate ``models``; return ``{model: {...}}`` and the protocol description."""
     dataset = load_dataset(data)
     splits = stratified_kfold(dataset.labels, folds, seed)
     counter = PeakCounter()
     factories = {m: model_factory(m, counter=counter, seed=seed, threads=threads, epochs=epochs,
-                                  patience=patience, mlp_iter=mlp_iter, preprocessing=None, aliases=ALIASES)
+                                  patience=patience, mlp_iter=mlp_iter, preprocessing=None, aliases=ALIASES,
+                                  device=device)
                  for m in models}
     keys = shift_keys(shifts)
     per_fold: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -193,14 +195,15 @@ def print_table(doc: dict[str, Any], title: str) -> None:
               help="MLP epochs (max_iter).")
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Torch and BLAS threads (shared machines).")
+@click.option("--device", default="cpu", show_default=True, help=DEVICE_HELP)
 @click.option("--quick", is_flag=True, help="Smoke test: 2 folds, 2 CNN epochs, 30 MLP epochs; no JSON unless --out.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"JSON output [default: {DEFAULT_OUT.relative_to(ROOT)}].")
 @click.option("--fresh", is_flag=True, help="Replace the JSON instead of merging into it.")
 @click.option("--list", "list_models", is_flag=True, help="List model names and presets, then exit.")
 def main(data: Path, model_names: tuple[str, ...], folds: int, seed: int, shifts: str, fill: str,
-         epochs: int | None, patience: int | None, mlp_iter: int, threads: int, quick: bool, out: Path | None,
-         fresh: bool, list_models: bool) -> None:
+         epochs: int | None, patience: int | None, mlp_iter: int, threads: int, device: str, quick: bool,
+         out: Path | None, fresh: bool, list_models: bool) -> None:
     """Benchmark 1: Soysal et al. split, all models, unshifted and shifted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("trainer").setLevel(logging.WARNING)
@@ -223,7 +226,7 @@ def main(data: Path, model_names: tuple[str, ...], folds: int, seed: int, shifts
     try:
         with threadpool_limits(threads), quiet_sklearn():
             doc = run(data, models, folds, seed, shift_list, fill, threads=threads, epochs=epochs,
-                      patience=patience, mlp_iter=mlp_iter)
+                      patience=patience, mlp_iter=mlp_iter, device=device)
     except RamanEdgeError as e:
         raise click.ClickException(str(e)) from None
     doc = {"benchmark": "soysal_table", **provenance([data], threads), "seconds": round(time.perf_counter() - t0, 1),

@@ -54,3 +54,26 @@ def test_run_without_search_is_the_plain_classifier(tmp_path: Path) -> None:
         assert set(plain) == {"+0", "+15", "-15"}
         assert all(0.0 <= v <= 1.0 for by in row["top1"].values() for v in by.values())
     assert set(doc["summary"]) == {f"{w}/{r}" for w in ("0:1", "4:2") for r in ("mean", "geo", "max", "max-pen0.01")}
+
+
+def test_single_fold_runs_merge_into_the_whole_run(tmp_path: Path) -> None:
+    """--fold K runs (one process per fold, e.g. on a GPU machine) joined by --merge give the same
+    per-fold rows and summary as one run over every fold; mismatched or repeated runs are refused."""
+    from trainer.synthetic import write_synthetic_npz
+
+    path = write_synthetic_npz(tmp_path / "synth.npz", n_classes=3, per_class=[6, 6, 6], seed=2)
+    spec = "cnn:liu:pool=4,n_pool=4,dense=8,val_fraction=0"
+    args = dict(folds=3, seed=0, threads=1, epochs=2)
+    whole = bench.run(path, spec, [(0, 1), (4, 2)], [0.01], [15.0], "edge", **args)
+    parts = [bench.run(path, spec, [(0, 1), (4, 2)], [0.01], [15.0], "edge", only_folds=[k], **args)
+             for k in (3, 1, 2)]
+    assert [[r["fold"] for r in p["folds"]] for p in parts] == [[3], [1], [2]]
+    merged = bench.merge_fold_runs(parts)
+    assert [r["fold"] for r in merged["folds"]] == [1, 2, 3]
+    assert [r["top1"] for r in merged["folds"]] == [r["top1"] for r in whole["folds"]]
+    assert merged["summary"] == whole["summary"]
+    with pytest.raises(click.BadParameter, match="fold repeated"):
+        bench.merge_fold_runs([parts[0], parts[0]])
+    other = bench.run(path, spec + ",dense=4", [(0, 1), (4, 2)], [0.01], [15.0], "edge", only_folds=[1], **args)
+    with pytest.raises(click.BadParameter, match="spec"):
+        bench.merge_fold_runs([parts[0], other])
