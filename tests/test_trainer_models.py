@@ -92,3 +92,23 @@ def test_bad_options_rejected(kw):
     args = {"points": POINTS, "classes": 3, **kw}
     with pytest.raises(ValueError):
         LiuCNN(**args)
+
+
+def test_deep_stacks_keep_the_signal_that_shallow_ones_keep():
+    """m=2 n=10 (Soysal's deepest setting) must hand its dense layer features that depend on the
+    input: with torch's default convolution init ten LeakyReLU layers left them constant up to
+    ~1e-5 (bias only) and the network never left chance (stop 18: train loss stayed at ln 63)."""
+    torch.manual_seed(1)
+    x = torch.rand(16, POINTS)
+    spread = {}
+    for n in (3, 10):
+        torch.manual_seed(0)
+        net = Backbone(POINTS, pool=2, n_pool=n, dense=32).eval()
+        with torch.no_grad():
+            spread[n] = float(net.conv(x.unsqueeze(1)).flatten(1).std(0).mean())  # across spectra
+    assert spread[10] > 0.1 * spread[3], spread
+    # n <= 3 keeps torch's default init: the shipped model's recorded command rebuilds it bit for bit.
+    torch.manual_seed(0)
+    a = Backbone(POINTS, pool=3, n_pool=3, dense=8)
+    torch.manual_seed(0)
+    assert torch.equal(a.conv[0].weight, torch.nn.Conv1d(1, 16, 21, padding=10).weight)

@@ -187,7 +187,8 @@ class TrainConfig:
     1-NN on min-max raw      –       0.519 ± 0.039    (0.672)
     ======================  ======  ===============  =========
 
-    What mattered was the sequence length reaching the dense layer: pooling it
+    (The rows with n > 3 predate stop 18, which gave deeper stacks He initialisation; see
+    :mod:`trainer.models`.)  What mattered was the sequence length reaching the dense layer: pooling it
     down to ≤ 21 positions (m=4, or m=2 with n=6) cost 5–18 points, while the dense width
     could shrink from 256 to 32 at no measurable cost.  The top five are within
     one standard error of each other; ``m=3, n=3, dense=64`` is the best mean and

@@ -36,6 +36,9 @@ Pooling rule (number of pooling layers ``n``, pool size ``m``)
   never falls below 1: once the sequence is shorter than ``m`` the pool collapses
   it to a single position, and a pool on length 1 is the identity.  Very deep
   settings (``m = 2, n = 10`` on 1392 points) therefore stay valid.
+* With ``n > 3`` every convolution starts from He initialisation (for LeakyReLU);
+  with torch's default init ten layers passed no usable signal and ``m = 2, n = 10``
+  did not train at all (stop 18).
 
 :func:`pooled_lengths` is this rule as arithmetic; the tests check that the
 module's output length follows it for many ``(m, n)``.
@@ -123,6 +126,16 @@ class Backbone(nn.Module):
                 length //= w
             cin = filters
         self.conv = nn.Sequential(*layers)
+        if n_pool > len(LIU_BLOCKS):
+            # Deep stacks start with He initialisation for their LeakyReLU: torch's default
+            # (kaiming_uniform, a=sqrt(5)) passes a third of the variance per layer, so after ten
+            # convolutions the features hardly depend on the spectrum (spread across spectra ~1e-5,
+            # the biases dominate) and m=2 n=10 never left chance (train loss stayed at ln K).
+            # n <= 3 keeps the default: the shipped models' recorded commands still rebuild them.
+            for layer in self.conv:
+                if isinstance(layer, nn.Conv1d):
+                    nn.init.kaiming_normal_(layer.weight, a=negative_slope, nonlinearity="leaky_relu")
+                    nn.init.zeros_(layer.bias)
         self.flat_size = cin * length
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(self.flat_size, dense), nn.Tanh(), nn.Dropout(dropout))
 
