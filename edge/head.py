@@ -16,6 +16,13 @@ feature vectors per class chosen by herding (iCaRL).  The new head is fitted on
 the old classes' exemplars plus the new spectra's features, so the old classes
 keep their decision regions; the new bundle's support holds both, so heads can
 be added again and again.  ``docs/heads.md`` has the design and the numbers.
+
+A bundle trained with test-time shift averaging (:mod:`trainer.shift_average`) has a
+backbone that returns the features of ``S`` shifted copies side by side, ``(N, S x F)``,
+and a head that applies one linear layer ``W (K, F)`` per copy, a softmax per copy, and
+returns ``log(mean p)``; its manifest says ``architecture.head = {"kind": "shift-mean",
+"copies": S}``.  :func:`add_head` fits ``W`` on the copies as rows of one regression and
+writes that head again (:func:`shift_mean_head_onnx`).
 """
 from __future__ import annotations
 
@@ -88,6 +95,94 @@ def linear_head_onnx(weight: np.ndarray, bias: np.ndarray, *, producer: str = "r
     model.ir_version = HEAD_IR_VERSION
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def shift_mean_head_onnx(weight: np.ndarray, bias: np.ndarray, copies: int, *,
+                         producer: str = "raman-edge") -> bytes:
+    """Serialise the shift-averaged head: ``log(mean_s softmax(features_s @ weight.T + bias))``.
+
+    Parameters
+    ----------
+    weight : ndarray, shape (K, F)
+        One row per class, applied to each copy's ``F`` features.
+    bias : ndarray, shape (K,)
+    copies : int
+        ``S``: the input ``features`` is ``(N, S x F)``, copy ``s`` in columns ``[s F, (s + 1) F)``.
+    producer : str
+        Recorded as the model's ``producer_name``.
+
+    Returns
+    -------
+    bytes
+        A checked ONNX model, input ``features`` (N, S x F), output ``logits`` (N, K).
+
+    Raises
+    ------
+    BundleError
+        Shapes disagree, ``copies`` < 1, or a weight is not finite.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    linear_head_onnx(weight, bias)  # the same checks of shapes and values
+    if int(copies) < 1:
+        raise BundleError(f"shift-mean head needs copies >= 1, got {copies}")
+    w = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)  # (F, K) for MatMul
+    b = np.ascontiguousarray(bias, dtype=np.float32)
+    f, k = w.shape
+    s = int(copies)
+    nodes = [
+        helper.make_node("Reshape", [HEAD_INPUT, "head.copies_shape"], ["copies"], name="split_copies"),
+        helper.make_node("MatMul", ["copies", "head.weight_t"], ["z0"], name="head"),
+        helper.make_node("Add", ["z0", "head.bias"], ["z"], name="head_bias"),
+        helper.make_node("LogSoftmax", ["z"], ["logp"], name="per_copy_log_softmax", axis=2),
+        helper.make_node("ReduceLogSumExp", ["logp"], ["lse"], name="sum_over_copies", axes=[1], keepdims=0),
+        helper.make_node("Sub", ["lse", "head.log_copies"], [HEAD_OUTPUT], name="mean_over_copies"),
+    ]
+    graph = helper.make_graph(
+        nodes, "head",
+        [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, ["batch", s * f])],
+        [helper.make_tensor_value_info(HEAD_OUTPUT, TensorProto.FLOAT, ["batch", k])],
+        initializer=[numpy_helper.from_array(np.array([-1, s, f], np.int64), "head.copies_shape"),
+                     numpy_helper.from_array(w, "head.weight_t"), numpy_helper.from_array(b, "head.bias"),
+                     numpy_helper.from_array(np.array(np.log(s), np.float32), "head.log_copies")],
+    )
+    model = helper.make_model(graph, producer_name=producer, opset_imports=[helper.make_opsetid("", HEAD_OPSET)])
+    model.ir_version = HEAD_IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def head_copies(bundle: Bundle) -> int:
+    """``S`` of a shift-averaged bundle's head (1 for a linear head).
+
+    Raises
+    ------
+    BundleError
+        A head kind this version does not know, or copies that do not divide the feature width.
+    """
+    head = (bundle.manifest.get("architecture") or {}).get("head") or {}
+    kind = head.get("kind", "linear")
+    if kind == "linear":
+        return 1
+    if kind != "shift-mean":
+        raise BundleError(f"{bundle.path}: head kind {kind!r} is not known to this version (linear, shift-mean)")
+    copies = head.get("copies")
+    if not isinstance(copies, int) or copies < 1 or bundle.feature_size % copies:
+        raise BundleError(f"{bundle.path}: shift-mean head with copies={copies!r} does not divide the "
+                          f"feature width {bundle.feature_size}")
+    return copies
+
+
+def head_logits(features: np.ndarray, weight: np.ndarray, bias: np.ndarray, copies: int = 1) -> np.ndarray:
+    """What a head of ``weight``/``bias`` over ``copies`` outputs for ``features`` (numpy, float64)."""
+    from scipy.special import log_softmax, logsumexp
+
+    x = np.asarray(features, dtype=np.float64)
+    if copies == 1:
+        return x @ np.asarray(weight, np.float64).T + bias
+    z = x.reshape(x.shape[0], copies, -1) @ np.asarray(weight, np.float64).T + bias
+    return logsumexp(log_softmax(z, axis=2), axis=1) - np.log(copies)
 
 
 def read_linear_head(onnx_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -630,6 +725,7 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
         raise ConfigError(f"add_head: need exemplars >= 1, gaussian >= 0, folds 0 or >= 2 (got {opts})")
     rng = np.random.default_rng(seed)
     bundle = _as_bundle(parent)
+    copies = head_copies(bundle)
     backbone_sha = bundle.manifest["files"]["backbone"]["sha256"]
     old_support = None
     synthetic = bool(opts.get("synthetic_support", False))
@@ -665,6 +761,8 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
 
     def fit(x_new: np.ndarray, y_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y = _training_set(x_new, y_new, old_support, gaussian, np.random.default_rng(seed))
+        if copies > 1:  # every shifted copy is a row of the one regression behind the shared W
+            x, y = x.reshape(x.shape[0] * copies, -1), np.repeat(y, copies)
         w, b = fit_softmax_head(x, y, len(classes), seed=seed, **fit_kw)
         b[len(old_classes):] += new_bias  # optional old/new trade-off (docs/heads.md)
         return w, b
@@ -680,7 +778,7 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
             if not test.any():
                 continue
             w, b = fit(d.features[~test], new_y[~test])
-            held_logits.append(d.features[test] @ w.T + b)
+            held_logits.append(head_logits(d.features[test], w, b, copies))
             held_y.append(new_y[test])
         if held_y:
             hl, hy = np.concatenate(held_logits), np.concatenate(held_y)
@@ -695,16 +793,17 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
         else:
             t_source = "default (no class has 2 spectra to hold one out)"
     w, b = fit(d.features, new_y)
-    metrics["train_top1_new"] = float(((d.features @ w.T + b).argmax(1) == new_y).mean())
+    metrics["train_top1_new"] = float((head_logits(d.features, w, b, copies).argmax(1) == new_y).mean())
     if old_support is not None:
         metrics["train_top1_old_exemplars"] = float(
-            ((old_support.exemplars @ w.T + b).argmax(1) == old_support.exemplar_labels).mean())
+            (head_logits(old_support.exemplars, w, b, copies).argmax(1) == old_support.exemplar_labels).mean())
     new_support = support_from_features(d.features, new_y - len(old_classes), new_classes, backbone_sha,
                                         per_class=per_class)
     support = old_support.merge(new_support) if old_support is not None else new_support
     arch = json.loads(json.dumps(bundle.manifest.get("architecture") or {"name": "model", "params": {}}))
     arch.setdefault("params", {})["classes"] = len(classes)
-    arch["head"] = {"kind": "linear", "written_by": "edge.head.add_head"}
+    arch["head"] = ({"kind": "linear"} if copies == 1 else {"kind": "shift-mean", "copies": copies}) \
+        | {"written_by": "edge.head.add_head"}
     parent_training = bundle.manifest.get("training") or {}
     training = {
         "method": "head-swap (replace)" if replace else "head-swap (add)",
@@ -731,7 +830,8 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
     parent_info = {"model_id": bundle.model_id, "backbone_sha256": backbone_sha, "manifest_sha256": manifest_sha,
                    "classes_added": new_classes, "replaced": bool(replace)}
     out_bundle = write_bundle(
-        out, backbone_onnx=bundle.backbone_path.read_bytes(), head_onnx=linear_head_onnx(w, b),
+        out, backbone_onnx=bundle.backbone_path.read_bytes(),
+        head_onnx=linear_head_onnx(w, b) if copies == 1 else shift_mean_head_onnx(w, b, copies),
         classes=classes, preprocessing=bundle.preprocessor.spec, feature_size=bundle.feature_size,
         architecture=arch, training=training, temperature=temperature, parent=parent_info,
         extra_files={SUPPORT_PART: (SUPPORT_FILE, support.to_bytes())},
@@ -838,7 +938,8 @@ def add_support(bundle: str | Path | Bundle, data: str | Path | Dataset, out: st
                         extra_files=extra_files, extra=extra)
 
 
-__all__ = ["linear_head_onnx", "read_linear_head", "HEAD_OPSET", "fit_softmax_head", "fit_temperature",
+__all__ = ["linear_head_onnx", "shift_mean_head_onnx", "head_copies", "head_logits", "read_linear_head", "HEAD_OPSET",
+           "fit_softmax_head", "fit_temperature",
            "extract_features", "Support", "load_support", "support_from_features", "add_head", "add_support",
            "synthesize_support",
            "herding", "DEFAULT_L2", "DEFAULT_EXEMPLARS", "SUPPORT_PART", "SUPPORT_FILE"]

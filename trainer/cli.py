@@ -71,6 +71,17 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
         ctx.exit()
 
 
+def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``--shift-average W:STEP`` -> (W, STEP); offsets checked by TrainConfig.check."""
+    if value is None:
+        return None
+    try:
+        w, step = (int(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected HALF_WIDTH:STEP in cm⁻¹, e.g. 40:20") from None
+    return (w, step)
+
+
 @click.command("train")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Labelled raw spectra (.npz with spectra, labels, wavenumbers).")
@@ -113,6 +124,10 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
                    "--val-fraction/--calibrate-folds/--aug max_shift,p_shift win) and records it in the "
                    "manifest. Rule and evidence: "
                    "docs/augmentation.md.")
+@click.option("--shift-average", "shift_average", callback=_parse_window, default=None, metavar="W:STEP",
+              help="Average the class probabilities over the spectrum moved by -W, -W+STEP, ..., W cm⁻¹ "
+                   "(grid points), inside the bundle: 2W/STEP+1 backbone passes per spectrum, wider drift "
+                   "tolerance (e.g. 40:20 with --aug max_shift=20). docs/augmentation.md.")
 @click.option("--calibrate/--no-calibrate", default=_D.calibrate, show_default=True,
               help="Fit a softmax temperature on the validation split (ECE before/after in the manifest).")
 @click.option("--calibrate-folds", type=click.IntRange(0, 20), default=_D.calibrate_folds, show_default=True,

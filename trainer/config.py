@@ -227,6 +227,9 @@ class TrainConfig:
     #: ``seed`` .. ``seed + N - 1``, folded into one backbone (features concatenated) and one linear
     #: head (logits averaged).  1: a single model.
     ensemble: int = 1
+    #: Test-time shift averaging carried by the bundle (``--shift-average W:STEP``, trainer.shift_average):
+    #: the class probabilities averaged over offsets -W, -W+STEP, ..., W grid points.  None: one pass.
+    shift_average: tuple[int, int] | None = None
     #: Expected Raman-shift drift (cm⁻¹) that ``pool``, ``n_pool`` and the shift augmentation were
     #: chosen for by ``trainer.tolerance.apply_shift_tolerance``; None when not asked for.
     shift_tolerance: float | None = None
@@ -279,6 +282,15 @@ class TrainConfig:
         if self.semi is not None and self.calibrate_folds:
             raise ConfigError("calibrate_folds: cross-fitted temperatures are for supervised training; "
                               f"--semi {self.semi} fits T on its validation split")
+        if self.shift_average is not None:
+            from .shift_average import window_offsets
+
+            if not isinstance(self.shift_average, (tuple, list)) or len(self.shift_average) != 2:
+                raise ConfigError(f"shift_average must be (HALF_WIDTH, STEP), got {self.shift_average!r}")
+            self.shift_average = tuple(self.shift_average)
+            window_offsets(*self.shift_average)
+            if self.semi is not None or self.ensemble > 1:
+                raise ConfigError("shift_average: not with --semi or --ensemble (one supervised network only)")
         if self.semi is not None and self.device != "cpu":
             raise ConfigError(f"device {self.device}: --semi {self.semi} trains on the CPU only")
         if self.semi is not None and self.ensemble > 1:

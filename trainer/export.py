@@ -138,9 +138,12 @@ def save_bundle(out_dir: str | Path, result: TrainResult, dataset: Dataset, *, c
     params.update(parameters=count_parameters(model), macs=count_macs(model, model.params["points"])["total"])
     if hasattr(model.backbone, "flat_size"):
         params["flat_size"] = model.backbone.flat_size
+    architecture: dict[str, Any] = {"name": arch_of(model), "params": params}
+    if getattr(model, "head_info", None):  # a head that is not one linear layer (trainer.shift_average)
+        architecture["head"] = dict(model.head_info)
     bundle = write_bundle(out_dir, backbone_onnx=backbone, head_onnx=head, classes=list(result.classes),
                           preprocessing=result.preprocessing, feature_size=model.feature_size,
-                          architecture={"name": arch_of(model), "params": params}, training=training,
+                          architecture=architecture, training=training,
                           temperature=result.temperature)
     # The support part (per-class backbone-feature statistics and exemplars of the training spectra)
     # lets `raman-edge head add` extend this model later without the training data (docs/heads.md).

@@ -216,6 +216,9 @@ def build_model(params: dict[str, Any], arch: str | None = None) -> nn.Module:
     if int(params.get("ensemble", 1)) > 1:  # trainer.ensemble: one member's params do not describe the whole
         raise ValueError(f"an ensemble of {params['ensemble']} models cannot be rebuilt as one architecture")
     params.pop("ensemble", None)
+    if params.pop("shift_average", None) is not None:  # trainer.shift_average: a wrapper, not an option
+        raise ValueError("a shift-averaged model (params['shift_average']) cannot be rebuilt as one architecture; "
+                         "rebuild the inner network without it and wrap it in trainer.shift_average.ShiftAveragedNet")
     name = arch or params.pop("arch", None) or ARCH_NAME
     params.pop("arch", None)
     try:

@@ -324,6 +324,11 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
     model.load_state_dict(best_state)
     model.to("cpu")  # export, the CNN+KNN features and the callers' predictions run on the CPU
     model.eval()
+    if config.shift_average is not None:
+        # Everything below (metrics, temperature, export) scores the averaged model the bundle will hold.
+        from .shift_average import ShiftAveragedNet
+
+        model = ShiftAveragedNet(model, config.shift_average).eval()
 
     metrics: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(history),
                                "train_spectra": int(train_idx.size), "val_spectra": int(val_idx.size)}
