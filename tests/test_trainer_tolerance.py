@@ -17,18 +17,20 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "augmentation.md"
 
 
 def documented_rule() -> dict[float, tuple]:
-    """Rows ``| 5 | 3 | 3 | ±10 | 0.8 | 40 | 250 | 0 | ...`` of the table under "### The rule" in
-    docs/augmentation.md: m, n, training shift, p_shift, patience, epochs, and the validation split
-    (a number, or "default": the configuration's)."""
+    """Rows ``| 5 | 3 | 3 | ±10 | 0.8 | 40 | 250 | 0 | none | ...`` of the table under "### The rule" in
+    docs/augmentation.md: m, n, training shift, p_shift, patience, epochs, the validation split
+    (a number, or "default": the configuration's) and the test-time averaging window (W:STEP or none)."""
     text = DOC.read_text(encoding="utf-8")
     section = text.split("### The rule", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
         m = re.match(r"\|\s*([\d.]+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*±\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|"
-                     r"\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\d.]+|default)\s*\|", line)
+                     r"\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\d.]+|default)\s*\|\s*(none|\d+:\d+)\s*\|", line)
         if m:
             val = None if m[8] == "default" else float(m[8])
-            rows[float(m[1])] = (int(m[2]), int(m[3]), float(m[4]), float(m[5]), int(m[6]), int(m[7]), val)
+            window = None if m[9] == "none" else tuple(int(v) for v in m[9].split(":"))
+            rows[float(m[1])] = (int(m[2]), int(m[3]), float(m[4]), float(m[5]), int(m[6]), int(m[7]), val,
+                                 window)
     return rows
 
 
@@ -37,14 +39,16 @@ def test_rule_matches_the_documentation():
     assert {5.0, 15.0, 30.0} <= set(rows)
     for cm, row in rows.items():
         s = tolerance_settings(cm)
-        assert (s.pool, s.n_pool, s.max_shift, s.p_shift, s.patience, s.epochs, s.val_fraction) == row, cm
+        assert (s.pool, s.n_pool, s.max_shift, s.p_shift, s.patience, s.epochs, s.val_fraction,
+                s.shift_average) == row, cm
 
 
 @pytest.mark.parametrize("cm", [0, 1, 5, 10, 15, 20, 30, MAX_TOLERANCE / 3, MAX_TOLERANCE])
 def test_rule_covers_the_drift_and_builds(cm):
     s = tolerance_settings(cm)
     assert s.tolerance == cm
-    assert s.max_shift >= cm and 0 < s.p_shift <= 1  # training sees shifts as large as the drift
+    # training shifts plus the averaging window reach the drift
+    assert s.max_shift + (s.shift_average[0] if s.shift_average else 0) >= cm and 0 < s.p_shift <= 1
     assert pooled_lengths(1392, s.pool, s.n_pool)[-1] >= 1
     TrainConfig(pool=s.pool, n_pool=s.n_pool, shift_tolerance=cm).check()
 
@@ -73,13 +77,20 @@ def test_fixed_budget_rows_train_as_their_evidence_was_measured():
 def test_fixed_budget_rows_calibrate_out_of_fold():
     """A row without a validation split cross-fits its temperature (else the confidences are uncalibrated)."""
     s = tolerance_settings(30)
-    assert s.val_fraction == 0 and s.calibrate_folds >= 2 and s.max_shift > 30  # ±30 inside the training range
+    assert s.val_fraction == 0 and s.calibrate_folds >= 2
+    assert s.max_shift + s.shift_average[0] > 30  # ±30 inside the range that training and averaging cover
     c = apply_shift_tolerance(TrainConfig(), 30).check()
     assert (c.val_fraction, c.calibrate_folds, c.augment_config.max_shift) == (0, s.calibrate_folds, s.max_shift)
+    assert c.shift_average == s.shift_average == (40, 20)
     kept = apply_shift_tolerance(TrainConfig(val_fraction=0.2), 30, keep={"val_fraction", "calibrate_folds"})
     assert (kept.val_fraction, kept.calibrate_folds) == (0.2, 0)
     semi = apply_shift_tolerance(TrainConfig(semi="sgan"), 30).check()  # no cross-fitting for semi-supervised
     assert semi.calibrate_folds == 0 and semi.val_fraction == 0
+    assert semi.shift_average is None  # nor averaging (one supervised network only)
+    ens = apply_shift_tolerance(TrainConfig(ensemble=2), 30).check()
+    assert ens.shift_average is None and ens.augment_config.max_shift == s.max_shift
+    own = apply_shift_tolerance(TrainConfig(shift_average=(10, 5)), 30, keep={"shift_average"}).check()
+    assert own.shift_average == (10, 5)
 
 
 @pytest.mark.parametrize("cm", [-1, MAX_TOLERANCE + 1, float("nan"), float("inf")])
