@@ -44,6 +44,8 @@ from benchmarks.baselines import DEVICE_HELP, SHIPPED_RECIPE, CNNModel, CNNSpec,
 from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
 from edge.classifier import softmax  # noqa: E402  (the device's own softmax)
+from calibration.errors import ConfigError  # noqa: E402
+from trainer.tolerance import parse_window, symmetric_offsets  # noqa: E402  (as the bundle's --shift-average)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rruff-soysal" / "raw_train.npz"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "shift_search.json"
@@ -58,9 +60,9 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
     out = []
     for item in filter(None, (t.strip() for t in text.split(","))):
         try:
-            w, step = (int(v) for v in item.split(":"))
-        except ValueError:
-            raise click.BadParameter(f"{item!r}: expected HALF_WIDTH:STEP, e.g. 30:5") from None
+            w, step = parse_window(item)
+        except ConfigError as e:
+            raise click.BadParameter(str(e)) from None
         if w < 0 or step < 1:
             raise click.BadParameter(f"{item!r}: need HALF_WIDTH >= 0 and STEP >= 1")
         out.append((w, step))
@@ -70,9 +72,8 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
 
 
 def offsets(w: int, step: int) -> list[int]:
-    """The search offsets of a window, symmetric about 0 and always including it."""
-    right = list(range(0, w + 1, step))
-    return sorted({-s for s in right} | set(right))
+    """The search offsets of a window, symmetric about 0 and always including it (0:1 is no search)."""
+    return symmetric_offsets(w, step)
 
 
 def reduce_scores(probs: np.ndarray, shifts: list[int], reducer: str, penalty: float = 0.0) -> np.ndarray:

@@ -49,6 +49,19 @@ HEAD_OPSET = 17
 HEAD_IR_VERSION = 8
 
 
+def _head_weights(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``weight (K, F)`` and ``bias (K,)`` as contiguous float32, checked (BundleError names the fault)."""
+    w = np.ascontiguousarray(weight, dtype=np.float32)
+    b = np.ascontiguousarray(bias, dtype=np.float32)
+    if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
+        raise BundleError(f"head weight must be (classes, features), got shape {w.shape}")
+    if b.shape != (w.shape[0],):
+        raise BundleError(f"head bias shape {b.shape} does not match {w.shape[0]} classes")
+    if not (np.isfinite(w).all() and np.isfinite(b).all()):
+        raise BundleError("head weights contain NaN or infinity")
+    return w, b
+
+
 def linear_head_onnx(weight: np.ndarray, bias: np.ndarray, *, producer: str = "raman-edge") -> bytes:
     """Serialise the head ``logits = features @ weight.T + bias`` as an ONNX model.
 
@@ -74,14 +87,7 @@ def linear_head_onnx(weight: np.ndarray, bias: np.ndarray, *, producer: str = "r
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = np.ascontiguousarray(weight, dtype=np.float32)
-    b = np.ascontiguousarray(bias, dtype=np.float32)
-    if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
-        raise BundleError(f"head weight must be (classes, features), got shape {w.shape}")
-    if b.shape != (w.shape[0],):
-        raise BundleError(f"head bias shape {b.shape} does not match {w.shape[0]} classes")
-    if not (np.isfinite(w).all() and np.isfinite(b).all()):
-        raise BundleError("head weights contain NaN or infinity")
+    w, b = _head_weights(weight, bias)
     k, f = w.shape
     node = helper.make_node("Gemm", [HEAD_INPUT, "head.weight", "head.bias"], [HEAD_OUTPUT],
                             name="head", alpha=1.0, beta=1.0, transB=1)
@@ -124,11 +130,10 @@ def shift_mean_head_onnx(weight: np.ndarray, bias: np.ndarray, copies: int, *,
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    linear_head_onnx(weight, bias)  # the same checks of shapes and values
+    w, b = _head_weights(weight, bias)
     if int(copies) < 1:
         raise BundleError(f"shift-mean head needs copies >= 1, got {copies}")
-    w = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)  # (F, K) for MatMul
-    b = np.ascontiguousarray(bias, dtype=np.float32)
+    w = np.ascontiguousarray(w.T)  # (F, K) for MatMul
     f, k = w.shape
     s = int(copies)
     nodes = [

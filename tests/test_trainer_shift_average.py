@@ -11,7 +11,8 @@ from edge.bundle import load_bundle  # noqa: E402
 from edge.head import add_head, head_copies, head_logits, read_linear_head, shift_mean_head_onnx  # noqa: E402
 from trainer.export import save_bundle  # noqa: E402
 from trainer.models import build_model  # noqa: E402
-from trainer.shift_average import ProbabilityMeanHead, ShiftAveragedNet, ShiftCopies, window_offsets  # noqa: E402
+from trainer.shift_average import ProbabilityMeanHead, ShiftAveragedNet, ShiftCopies  # noqa: E402
+from trainer.tolerance import parse_window, window_offsets  # noqa: E402
 from trainer.synthetic import write_synthetic_npz  # noqa: E402
 from trainer.train import TrainConfig, predict_logits, preprocess_dataset, train  # noqa: E402
 
@@ -48,6 +49,10 @@ def test_window_offsets_and_limits():
     for bad in ((0, 5), (10, 0), (201, 50), (40, 1)):
         with pytest.raises(ConfigError, match="shift_average"):
             window_offsets(*bad)
+    assert parse_window("40:20") == (40, 20)
+    for text in ("40", "40:", "a:b", "40:20:1"):
+        with pytest.raises(ConfigError, match="HALF_WIDTH:STEP"):
+            parse_window(text)
 
 
 def test_copies_are_edge_filled_shifts_side_by_side():

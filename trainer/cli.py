@@ -73,13 +73,14 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
 
 def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     """``--shift-average W:STEP`` -> (W, STEP); offsets checked by TrainConfig.check."""
+    from .tolerance import parse_window
+
     if value is None:
         return None
     try:
-        w, step = (int(v) for v in value.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected HALF_WIDTH:STEP in cm⁻¹, e.g. 40:20") from None
-    return (w, step)
+        return parse_window(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @click.command("train")

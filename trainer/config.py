@@ -283,7 +283,7 @@ class TrainConfig:
             raise ConfigError("calibrate_folds: cross-fitted temperatures are for supervised training; "
                               f"--semi {self.semi} fits T on its validation split")
         if self.shift_average is not None:
-            from .shift_average import window_offsets
+            from .tolerance import window_offsets
 
             if not isinstance(self.shift_average, (tuple, list)) or len(self.shift_average) != 2:
                 raise ConfigError(f"shift_average must be (HALF_WIDTH, STEP), got {self.shift_average!r}")

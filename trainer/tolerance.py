@@ -138,6 +138,46 @@ RULE_OPTIONS = ("pool", "n_pool", "max_shift", "p_shift", "patience", "epochs", 
                 "calibrate_folds", "shift_average")
 
 
+#: Test-time averaging windows (``--shift-average``, :mod:`trainer.shift_average`; torch-free here so
+#: the CLI and TrainConfig can check them without torch).  Largest half-width (cm⁻¹ on the 1 cm⁻¹ preprocessing grid) and number of copies accepted.
+MAX_HALF_WIDTH = 200
+MAX_COPIES = 41
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``"W:STEP"`` -> ``(W, STEP)`` as integers (ConfigError naming the text otherwise; ranges unchecked)."""
+    try:
+        half_width, step = (int(v) for v in str(text).split(":"))
+    except ValueError:
+        raise ConfigError(f"{text!r}: expected HALF_WIDTH:STEP in cm⁻¹, e.g. 40:20") from None
+    return half_width, step
+
+
+def symmetric_offsets(half_width: int, step: int) -> list[int]:
+    """``-W, -W+STEP, ..., 0, ..., W`` (multiples of ``step`` up to ``half_width``), always including 0."""
+    right = list(range(0, half_width + 1, step))
+    return sorted({-s for s in right} | set(right))
+
+
+def window_offsets(half_width: int, step: int) -> list[int]:
+    """Offsets of the window ``half_width:step``: symmetric about 0, always including it.
+
+    Raises
+    ------
+    ConfigError
+        ``half_width`` outside 1..:data:`MAX_HALF_WIDTH`, ``step`` < 1, or more than
+        :data:`MAX_COPIES` copies.
+    """
+    if not (isinstance(half_width, int) and isinstance(step, int)) or not 1 <= half_width <= MAX_HALF_WIDTH \
+            or step < 1:
+        raise ConfigError(f"shift_average {half_width}:{step}: need HALF_WIDTH in 1..{MAX_HALF_WIDTH} "
+                          "and STEP >= 1 (grid points, i.e. cm⁻¹ on the default 1 cm⁻¹ grid)")
+    offsets = symmetric_offsets(half_width, step)
+    if len(offsets) > MAX_COPIES:
+        raise ConfigError(f"shift_average {half_width}:{step}: {len(offsets)} copies, more than {MAX_COPIES}")
+    return offsets
+
+
 def tolerance_settings(cm: float) -> ToleranceSettings:
     """Pooling, shift augmentation and schedule for an expected drift of up to ``cm`` cm⁻¹ (either direction).
 
@@ -233,4 +273,5 @@ def shift_accuracy(predict: Callable[[np.ndarray], np.ndarray], spectra: np.ndar
 
 
 __all__ = ["ToleranceSettings", "RuleRow", "TOLERANCE_RULE", "MIN_TRAIN_SHIFT", "MAX_TOLERANCE", "RULE_OPTIONS",
-           "EVAL_SHIFTS", "tolerance_settings", "apply_shift_tolerance", "shift_spectra", "shift_accuracy"]
+           "EVAL_SHIFTS", "tolerance_settings", "apply_shift_tolerance", "shift_spectra", "shift_accuracy",
+           "parse_window", "symmetric_offsets", "window_offsets", "MAX_HALF_WIDTH", "MAX_COPIES"]
