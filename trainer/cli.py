@@ -121,9 +121,9 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
                    "range lo,hi (spike_height=0.1,1); names and ranges in docs/augmentation.md.")
 @click.option("--shift-tolerance", type=click.FloatRange(0.0, MAX_TOLERANCE), default=None, metavar="CM",
               help="Expected Raman-shift drift of the instrument (cm⁻¹, e.g. 5, 15, 30): chooses -m, -n, the "
-                   "shift augmentation and the training schedule (explicit -m/-n/--patience/--epochs/"
-                   "--val-fraction/--calibrate-folds/--aug max_shift,p_shift win) and records it in the "
-                   "manifest. Rule and evidence: "
+                   "shift augmentation, the training schedule and, above 15, test-time averaging (explicit "
+                   "-m/-n/--patience/--epochs/--val-fraction/--calibrate-folds/--shift-average/--aug "
+                   "max_shift,p_shift win) and records it in the manifest. Rule and evidence: "
                    "docs/augmentation.md.")
 @click.option("--shift-average", "shift_average", callback=_parse_window, default=None, metavar="W:STEP",
               help="Average the class probabilities over the spectrum moved by -W, -W+STEP, ..., W cm⁻¹ "
