@@ -154,8 +154,11 @@ class Classifier:
         self._temperature = bundle.temperature
         providers = bundle.head_session.get_providers() if hasattr(bundle.head_session, "get_providers") else None
         weight_bytes = 4 * len(self.classes) * int(bundle.feature_size)
+        linear = ((bundle.manifest.get("architecture") or {}).get("head") or {}).get("kind", "linear") == "linear"
         #: ``fp32`` or ``int8``: the head weights :meth:`classify` and :meth:`logits` use (:mod:`edge.quantization`).
-        self.head_precision = resolve_precision(head_precision, weight_bytes, providers)
+        # 8-bit weights exist for one-Gemm heads only; auto keeps any other head (shift-mean) in float32.
+        self.head_precision = resolve_precision(head_precision if linear or head_precision != "auto" else "fp32",
+                                                weight_bytes, providers)
         self._selector = _selector_session(bundle, self.top_k, self.head_precision)
         if self.head_precision == "int8":
             if self._selector is None:  # _selector_session logged why

@@ -126,3 +126,24 @@ def test_refused_combinations_and_rebuild():
         TrainConfig(shift_average=(10,)).check()
     with pytest.raises(ValueError, match="shift-averaged"):
         build_model({"points": 1392, "classes": 3, "shift_average": {"window": [10, 5]}})
+
+
+def test_daemon_classifier_runs_the_averaged_bundle_in_float32(bundle, data, monkeypatch, caplog):
+    """The daemon's classifier gives the averaged probabilities; auto precision never tries 8-bit
+    weights on a head that is not one Gemm, however large (no fallback warning)."""
+    import edge.quantization
+    from edge.classifier import Classifier
+
+    _, b = bundle
+    monkeypatch.setattr(edge.quantization, "INT8_MIN_BYTES", 0)  # every linear head would go 8-bit
+    with caplog.at_level("WARNING"):
+        clf = Classifier(b, head_precision="auto")
+    assert clf.head_precision == "fp32" and "8-bit" not in caplog.text
+    x = preprocess_dataset(data[0])
+    sb = ort.InferenceSession(str(b.backbone_path), providers=["CPUExecutionProvider"])
+    sh = ort.InferenceSession(str(b.head_path), providers=["CPUExecutionProvider"])
+    want = _softmax(sh.run(None, {"features": sb.run(None, {"spectrum": x})[0]})[0] / b.temperature)
+    np.testing.assert_allclose(clf.predict_proba(x), want, atol=1e-5)
+    top = clf.classify(x)
+    assert [p.label for p in top] == list(np.asarray(b.classes)[want.argmax(1)])
+    np.testing.assert_allclose([p.probabilities[0] for p in top], want.max(1), atol=1e-5)
