@@ -21,6 +21,9 @@ Usage (repository root)::
     nice -n 2 python benchmarks/shift_search.py --threads 2                  # ~4 min per recipe on 2 cores
     nice -n 2 python benchmarks/shift_search.py --spec "cnn:liu:val_fraction=0,epochs=250,aug.max_shift=10,aug.p_shift=0.8"
     python benchmarks/shift_search.py --quick --out /tmp/s.json                # smoke run
+    # on a machine with a GPU and many cores: one process per fold, then join them
+    for k in 1 2 3 4 5; do python benchmarks/shift_search.py --device cuda --threads 1 --fold $k --out f$k.json & done; wait
+    python benchmarks/shift_search.py --merge f1.json --merge f2.json --merge f3.json --merge f4.json --merge f5.json --out all.json
 
 Writes ``benchmarks/results/shift_search.json`` (per fold, per window, reducer and
 test drift) and prints a table of top-1.
