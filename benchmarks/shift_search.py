@@ -46,8 +46,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from benchmarks.baselines import DEVICE_HELP, SHIPPED_RECIPE, CNNModel, CNNSpec, provenance, write_result  # noqa: E402
 from benchmarks.protocols import DEFAULT_FILL, FILL_MODES, shift_spectra, stratified_kfold  # noqa: E402
 from calibration.dataset import load_dataset  # noqa: E402
-from edge.classifier import softmax  # noqa: E402  (the device's own softmax)
 from calibration.errors import ConfigError  # noqa: E402
+from edge.classifier import softmax  # noqa: E402  (the device's own softmax)
 from trainer.tolerance import parse_window, symmetric_offsets  # noqa: E402  (as the bundle's --shift-average)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rruff-soysal" / "raw_train.npz"
