@@ -80,6 +80,12 @@ class Bundle:
         return float(self.manifest.get("temperature", 1.0))
 
     @property
+    def head_info(self) -> dict[str, Any]:
+        """``architecture.head`` of the manifest: ``{"kind": "linear"}`` unless the head says otherwise
+        (``shift-mean`` with its ``copies``: :mod:`trainer.shift_average`, :func:`edge.head.head_copies`)."""
+        return {"kind": "linear", **((self.manifest.get("architecture") or {}).get("head") or {})}
+
+    @property
     def backbone_path(self) -> Path:
         return self.path / self.manifest["files"]["backbone"]["path"]
 

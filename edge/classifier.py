@@ -154,7 +154,7 @@ class Classifier:
         self._temperature = bundle.temperature
         providers = bundle.head_session.get_providers() if hasattr(bundle.head_session, "get_providers") else None
         weight_bytes = 4 * len(self.classes) * int(bundle.feature_size)
-        linear = ((bundle.manifest.get("architecture") or {}).get("head") or {}).get("kind", "linear") == "linear"
+        linear = bundle.head_info["kind"] == "linear"
         #: ``fp32`` or ``int8``: the head weights :meth:`classify` and :meth:`logits` use (:mod:`edge.quantization`).
         # 8-bit weights exist for one-Gemm heads only; auto keeps any other head (shift-mean) in float32.
         self.head_precision = resolve_precision(head_precision if linear or head_precision != "auto" else "fp32",

@@ -166,8 +166,8 @@ def head_copies(bundle: Bundle) -> int:
     BundleError
         A head kind this version does not know, or copies that do not divide the feature width.
     """
-    head = (bundle.manifest.get("architecture") or {}).get("head") or {}
-    kind = head.get("kind", "linear")
+    head = bundle.head_info
+    kind = head["kind"]
     if kind == "linear":
         return 1
     if kind != "shift-mean":

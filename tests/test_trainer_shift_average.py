@@ -85,7 +85,7 @@ def test_bundle_scores_the_mean_of_the_inner_models_probabilities(bundle, data):
     assert isinstance(r.model, ShiftAveragedNet) and b.feature_size == 5 * 16
     assert b.manifest["architecture"]["head"] == {"kind": "shift-mean", "copies": 5}
     assert b.manifest["architecture"]["params"]["shift_average"]["offsets"] == [-10, -5, 0, 5, 10]
-    assert head_copies(b) == 5
+    assert head_copies(b) == 5 and b.head_info == {"kind": "shift-mean", "copies": 5}
     x = preprocess_dataset(data[0])
     inner = torch.nn.Sequential()  # the trained network alone, on explicitly shifted spectra
     inner.backbone, inner.head = r.model.backbone.inner, r.model.head.linear

@@ -139,7 +139,8 @@ RULE_OPTIONS = ("pool", "n_pool", "max_shift", "p_shift", "patience", "epochs", 
 
 
 #: Test-time averaging windows (``--shift-average``, :mod:`trainer.shift_average`; torch-free here so
-#: the CLI and TrainConfig can check them without torch).  Largest half-width (cm⁻¹ on the 1 cm⁻¹ preprocessing grid) and number of copies accepted.
+#: the CLI and TrainConfig can check them without torch): the largest half-width (grid points, i.e.
+#: cm⁻¹ on the 1 cm⁻¹ preprocessing grid) and number of copies accepted.
 MAX_HALF_WIDTH = 200
 MAX_COPIES = 41
 
