@@ -8,6 +8,11 @@ averaging their logits, which is what :class:`trainer.ensemble.EnsembleNet`
 computes (``tests/test_trainer_ensemble.py`` checks the equality).  One run thus
 gives every ensemble size from the same members.
 
+Repeating ``--spec`` makes an ensemble of *recipes* instead (one member per recipe,
+all with ``--seed``; e.g. liu + fmcnn), in the order given; ``--save-logits`` keeps
+every member's test logits per fold, so other combinations can be scored without
+training again.
+
 Usage (repository root)::
 
     nice -n 2 python benchmarks/ensemble_cv.py --members 3 --threads 2     # ~12 min on 2 cores
@@ -26,7 +31,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import click
 import numpy as np
@@ -80,33 +85,50 @@ def latency(members: int, points: int = 1392, classes: int = 63, calls: int = 20
     return rows
 
 
-def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int,
-        epochs: int | None, device: str = "cpu") -> dict[str, Any]:
+def member_plan(spec: str | Sequence[str], members: int, seed: int) -> list[tuple[str, int]]:
+    """The ``(recipe, seed)`` of each member: ``members`` seeds of one recipe, or one member per recipe."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    if not specs:
+        raise ValueError("ensemble_cv: no recipe given")
+    if len(specs) == 1:
+        return [(specs[0], seed + j) for j in range(members)]
+    return [(s, seed) for s in specs]
+
+
+def run(data: Path, spec: str | Sequence[str], members: int, folds: int, seed: int, threads: int,
+        epochs: int | None, device: str = "cpu", save_logits: Path | None = None) -> dict[str, Any]:
     dataset = load_dataset(data)
     splits = stratified_kfold(dataset.labels, folds, seed)
+    plan = member_plan(spec, members, seed)
     rows: list[dict[str, Any]] = []
+    kept: dict[str, np.ndarray] = {}
     t_all = time.perf_counter()
     for f, split in enumerate(splits):
         train, test = dataset.subset(split.train), dataset.subset(split.test)
         logits, y = [], None
-        for j in range(members):
+        for j, (recipe, member_seed) in enumerate(plan):
             t0 = time.perf_counter()
-            model = CNNModel(CNNSpec.parse(spec), seed=seed + j, threads=threads, epochs=epochs,
+            model = CNNModel(CNNSpec.parse(recipe), seed=member_seed, threads=threads, epochs=epochs,
                              device=device).fit(train)
             z = model.scores(test.spectra, test.wavenumbers)
             y = np.searchsorted(model.classes, test.labels)
             logits.append(z)
-            log.info("fold %d member %d (seed %d): top-1 %.3f (%.0f s)", f + 1, j + 1, seed + j, top1(z, y),
-                     time.perf_counter() - t0)
+            log.info("fold %d member %d (%s, seed %d): top-1 %.3f (%.0f s)", f + 1, j + 1, recipe, member_seed,
+                     top1(z, y), time.perf_counter() - t0)
+        kept[f"fold{f + 1}_test_index"] = np.asarray(split.test)
+        kept[f"fold{f + 1}_logits"] = np.stack(logits)
         rows.append({"fold": f + 1, "test_spectra": int(y.size),
                      "member_top1": [top1(z, y) for z in logits],
-                     "ensemble_top1": [top1(np.mean(logits[:n], axis=0), y) for n in range(1, members + 1)]})
+                     "ensemble_top1": [top1(np.mean(logits[:n], axis=0), y) for n in range(1, len(plan) + 1)]})
+    if save_logits is not None:  # every member's test logits, for combinations scored without retraining
+        np.savez_compressed(save_logits, classes=np.asarray(dataset.classes), labels=dataset.labels, **kept)
     ens = np.array([r["ensemble_top1"] for r in rows])
     mem = np.array([r["member_top1"] for r in rows])
     return {
         "benchmark": "ensemble_cv", **provenance([data], threads),
         "protocol": {"name": "stratified k-fold CV", "folds": folds, "seed": seed},
-        "spec": spec, "members": members, "member_seeds": [seed + j for j in range(members)],
+        "spec": plan[0][0] if len({r for r, _ in plan}) == 1 else [r for r, _ in plan],
+        "members": len(plan), "member_seeds": [s for _, s in plan],
         "seconds": round(time.perf_counter() - t_all, 1),
         "folds": rows,
         "summary": {
@@ -120,8 +142,11 @@ def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int
 
 @click.command()
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_DATA, show_default=True)
-@click.option("--spec", default=SHIPPED_RECIPE, show_default=True, help="CNN recipe (soysal_table.py syntax).")
-@click.option("--members", type=click.IntRange(2, 8), default=3, show_default=True)
+@click.option("--spec", "specs", multiple=True, default=[SHIPPED_RECIPE], show_default=True,
+              help="CNN recipe (soysal_table.py syntax). Repeat it for an ensemble of recipes: one member each, "
+                   "all with --seed (--members is then ignored).")
+@click.option("--members", type=click.IntRange(2, 8), default=3, show_default=True,
+              help="Members (seeds seed .. seed+N-1) of a single --spec.")
 @click.option("--folds", type=click.IntRange(2, 10), default=5, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**31), default=0, show_default=True,
               help="Folds and the first member's seed.")
@@ -130,8 +155,10 @@ def run(data: Path, spec: str, members: int, folds: int, seed: int, threads: int
 @click.option("--quick", is_flag=True, help="2 folds, 2 members, 2 epochs; no JSON unless --out.")
 @click.option("--latency", "latency_only", is_flag=True, help="Only time 1 vs N members in ONNX Runtime.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: int, device: str, quick: bool,
-         latency_only: bool, out: Path | None) -> None:
+@click.option("--save-logits", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write every member's test logits per fold (.npz).")
+def main(data: Path, specs: tuple[str, ...], members: int, folds: int, seed: int, threads: int, device: str,
+         quick: bool, latency_only: bool, out: Path | None, save_logits: Path | None) -> None:
     """Seed ensembles of a CNN recipe: top-1 of 1..N members, 5-fold CV on the Soysal split."""
     if latency_only:
         print("| members | p50 µs | p99 µs | backbone ONNX bytes |")
@@ -145,15 +172,17 @@ def main(data: Path, spec: str, members: int, folds: int, seed: int, threads: in
     logging.getLogger("trainer").setLevel(logging.WARNING)
     if quick:
         members, folds = 2, 2
-    doc = run(data, spec, members, folds, seed, threads, epochs=2 if quick else None, device=device)
+    plan = member_plan(list(specs), members, seed)
+    doc = run(data, list(specs), members, folds, seed, threads, epochs=2 if quick else None, device=device,
+              save_logits=save_logits)
     s = doc["summary"]
-    print(f"{spec}, {folds}-fold CV (seed {seed}), members seeds {doc['member_seeds']}")
-    print("| members | ensemble top-1 | single member (seed) |")
+    print(f"{folds}-fold CV (seed {seed}); members: " + "; ".join(f"{r} (seed {m})" for r, m in plan))
+    print("| members | ensemble top-1 | single member (recipe, seed) |")
     print("|---:|---:|---:|")
-    for n in range(1, members + 1):
+    for n in range(1, len(plan) + 1):
         std = f" ± {s['ensemble_top1_std'][n - 1]:.3f}" if s["ensemble_top1_std"] else ""
         print(f"| {n} | {s['ensemble_top1_mean'][n - 1]:.3f}{std} | {s['member_top1_mean'][n - 1]:.3f} "
-              f"({seed + n - 1}) |")
+              f"({plan[n - 1][0]}, {plan[n - 1][1]}) |")
     write_result(out, doc, default=DEFAULT_OUT, quick=quick)
 
 

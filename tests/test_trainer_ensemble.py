@@ -119,6 +119,25 @@ def test_ensemble_cv_benchmark_scores_every_size_from_the_same_members(synthetic
     assert sum(r["test_spectra"] for r in doc["folds"]) == len(synthetic)
 
 
+def test_ensemble_cv_of_recipes_trains_one_member_per_recipe_and_keeps_their_logits(synthetic, tmp_path) -> None:
+    import benchmarks.ensemble_cv as bench
+
+    specs = ["cnn:liu:pool=4,n_pool=4,dense=8,val_fraction=0", "cnn:compact:val_fraction=0"]
+    assert bench.member_plan(specs, members=5, seed=2) == [(specs[0], 2), (specs[1], 2)]
+    assert bench.member_plan(specs[0], members=3, seed=2) == [(specs[0], 2), (specs[0], 3), (specs[0], 4)]
+    doc = bench.run(Path(synthetic.path), specs, members=5, folds=2, seed=2, threads=1, epochs=2,
+                    save_logits=tmp_path / "z.npz")
+    assert doc["spec"] == specs and doc["members"] == 2 and doc["member_seeds"] == [2, 2]
+    z = np.load(tmp_path / "z.npz")
+    y_all = np.searchsorted(z["classes"], z["labels"])
+    for row in doc["folds"]:
+        logits, index = z[f"fold{row['fold']}_logits"], z[f"fold{row['fold']}_test_index"]
+        assert logits.shape == (2, index.size, z["classes"].size)
+        y = y_all[index]
+        assert [float((m.argmax(1) == y).mean()) for m in logits] == row["member_top1"]
+        assert float((logits.mean(0).argmax(1) == y).mean()) == row["ensemble_top1"][1]
+
+
 def test_ensemble_latency_rows_grow_with_members() -> None:
     import benchmarks.ensemble_cv as bench
 
