@@ -1,4 +1,5 @@
 """Shift tolerance: the rule (as documented), shift evaluation, and the manifest record."""
+import dataclasses
 import re
 from pathlib import Path
 
@@ -16,31 +17,37 @@ from trainer.tolerance import (EVAL_SHIFTS, MAX_TOLERANCE, TOLERANCE_RULE, apply
 DOC = Path(__file__).resolve().parents[1] / "docs" / "augmentation.md"
 
 
-def documented_rule() -> dict[float, tuple]:
-    """Rows ``| 5 | 3 | 3 | ±10 | 0.8 | 40 | 250 | 0 | none | ...`` of the table under "### The rule" in
-    docs/augmentation.md: m, n, training shift, p_shift, patience, epochs, the validation split
-    (a number, or "default": the configuration's) and the test-time averaging window (W:STEP or none)."""
+def documented_rule() -> dict[tuple[float, str], tuple]:
+    """Rows ``| 5 | liu | 3 | 3 | ±10 | 0.8 | 40 | 250 | 0 | none | ...`` of the table under "### The rule"
+    in docs/augmentation.md, keyed by (tolerance, network): m, n, training shift, p_shift, patience,
+    epochs, the validation split (a number, or "default": the configuration's), the test-time averaging
+    window (W:STEP or none) and whether the row is what the tolerance alone trains (no "(--arch ...)")."""
     text = DOC.read_text(encoding="utf-8")
     section = text.split("### The rule", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
-        m = re.match(r"\|\s*([\d.]+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*±\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|"
-                     r"\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\d.]+|default)\s*\|\s*(none|\d+:\d+)\s*\|", line)
+        m = re.match(r"\|\s*([\d.]+)\s*\|\s*([a-z-]+)\s*(\(--arch [a-z-]+\))?\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|"
+                     r"\s*±\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\d.]+|default)\s*\|"
+                     r"\s*(none|\d+:\d+)\s*\|", line)
         if m:
-            val = None if m[8] == "default" else float(m[8])
-            window = None if m[9] == "none" else tuple(int(v) for v in m[9].split(":"))
-            rows[float(m[1])] = (int(m[2]), int(m[3]), float(m[4]), float(m[5]), int(m[6]), int(m[7]), val,
-                                 window)
+            val = None if m[10] == "default" else float(m[10])
+            window = None if m[11] == "none" else tuple(int(v) for v in m[11].split(":"))
+            rows[(float(m[1]), m[2])] = (int(m[4]), int(m[5]), float(m[6]), float(m[7]), int(m[8]), int(m[9]), val,
+                                         window, m[3] is None)
     return rows
 
 
 def test_rule_matches_the_documentation():
     rows = documented_rule()
-    assert {5.0, 15.0, 30.0} <= set(rows)
-    for cm, row in rows.items():
-        s = tolerance_settings(cm)
+    assert {(5.0, "liu"), (15.0, "liu"), (30.0, "fmcnn"), (30.0, "liu")} <= set(rows)
+    for (cm, arch), row in rows.items():
+        s = tolerance_settings(cm, arch)
         assert (s.pool, s.n_pool, s.max_shift, s.p_shift, s.patience, s.epochs, s.val_fraction,
-                s.shift_average) == row, cm
+                s.shift_average) == row[:-1], (cm, arch)
+        if row[-1]:  # what --shift-tolerance alone trains
+            assert tolerance_settings(cm).arch == arch and tolerance_settings(cm) == s, (cm, arch)
+        else:
+            assert tolerance_settings(cm).arch != arch, (cm, arch)
 
 
 @pytest.mark.parametrize("cm", [0, 1, 5, 10, 15, 20, 30, MAX_TOLERANCE / 3, MAX_TOLERANCE])
@@ -53,11 +60,12 @@ def test_rule_covers_the_drift_and_builds(cm):
     TrainConfig(pool=s.pool, n_pool=s.n_pool, shift_tolerance=cm).check()
 
 
-def test_rule_is_monotone():
-    """Wider drift never means narrower training shifts or a shorter budget; among early-stopped rows
-    (none since stop 16), never less patience."""
+@pytest.mark.parametrize("arch", ["liu", "fmcnn", "compact"])
+def test_rule_is_monotone(arch):
+    """For one network, wider drift never means narrower training shifts or a shorter budget; among
+    early-stopped rows (none since stop 16), never less patience."""
     grid = np.linspace(0, MAX_TOLERANCE, 61)
-    settings = [tolerance_settings(c) for c in grid]
+    settings = [tolerance_settings(c, arch) for c in grid]
     for key in ("max_shift", "epochs"):
         values = [getattr(s, key) for s in settings]
         assert all(b >= a for a, b in zip(values, values[1:])), key
@@ -81,7 +89,9 @@ def test_fixed_budget_rows_calibrate_out_of_fold():
     assert s.max_shift + s.shift_average[0] > 30  # ±30 inside the range that training and averaging cover
     c = apply_shift_tolerance(TrainConfig(), 30).check()
     assert (c.val_fraction, c.calibrate_folds, c.augment_config.max_shift) == (0, s.calibrate_folds, s.max_shift)
-    assert c.shift_average == s.shift_average == (40, 20)
+    assert c.arch == s.arch == "fmcnn" and c.shift_average == s.shift_average == (30, 15)
+    liu = apply_shift_tolerance(TrainConfig(), 30, keep={"arch"}).check()
+    assert liu.arch == "liu" and liu.shift_average == (40, 20) and liu.augment_config.max_shift == 20
     kept = apply_shift_tolerance(TrainConfig(val_fraction=0.2), 30, keep={"val_fraction", "calibrate_folds"})
     assert (kept.val_fraction, kept.calibrate_folds) == (0.2, 0)
     semi = apply_shift_tolerance(TrainConfig(semi="sgan"), 30).check()  # no cross-fitting for semi-supervised
@@ -114,9 +124,25 @@ def test_apply_keeps_explicit_options():
         apply_shift_tolerance(base, 30, keep={"dense"})
 
 
+@pytest.mark.parametrize("config, keep, arch", [
+    (TrainConfig(), set(), "fmcnn"),                      # the band's network
+    (TrainConfig(), {"arch"}, "liu"),                     # --arch liu on the command line
+    (TrainConfig(pool=5), {"pool"}, "liu"),               # -m names liu
+    (TrainConfig(dense=128), set(), "liu"),               # so does a liu option set in code
+    (TrainConfig(arch="sang"), set(), "sang"),
+    (TrainConfig(arch_options={"dense": 128}, arch="compact"), set(), "compact"),
+])
+def test_the_widest_band_trains_its_network_unless_one_is_named(config, keep, arch):
+    c = apply_shift_tolerance(config, 30, keep=keep).check()
+    assert c.arch == arch
+    assert c.shift_average == tolerance_settings(30, arch).shift_average
+    assert apply_shift_tolerance(config, 15, keep=keep).check().arch == config.arch  # ≤ 15: liu's band
+
+
 def test_apply_to_another_arch_sets_only_the_shifts():
     c = apply_shift_tolerance(TrainConfig(arch="compact"), 30).check()
-    s = tolerance_settings(30)
+    s = tolerance_settings(30, "compact")
+    assert c.arch == s.arch == "compact" and s == dataclasses.replace(tolerance_settings(30, "liu"), arch="compact")
     assert (c.pool, c.n_pool) == (TrainConfig().pool, TrainConfig().n_pool)
     assert c.augment_config.max_shift == s.max_shift and c.shift_tolerance == 30 and c.epochs == s.epochs
 
@@ -185,6 +211,31 @@ def test_manifest_records_the_tolerance(tmp_path):
     assert config["augment_config"]["p_shift"] == s.p_shift
     assert m["training"]["options"]["shift_tolerance"] == 15
     assert config["patience"] == s.patience and config["epochs"] == 1  # the explicit --epochs wins
+
+
+def test_cli_widest_band_trains_fmcnn_unless_liu_is_named(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from edge.bundle import load_bundle
+    from trainer.cli import train
+
+    npz = write_synthetic_npz(tmp_path / "s.npz", n_classes=2, per_class=4, seed=3)
+    common = ["--data", str(npz), "--shift-tolerance", "30", "--epochs", "1", "--threads", "1", "--no-calibrate",
+              "--quiet"]
+    runs = {"band": [], "arch": ["--arch", "liu"], "dense": ["--dense", "64"]}
+    manifests = {}
+    for name, extra in runs.items():
+        r = CliRunner().invoke(train, common + ["--out", str(tmp_path / name)] + extra)
+        assert r.exit_code == 0, name + r.output + repr(r.exception)
+        manifests[name] = load_bundle(tmp_path / name).manifest
+    band = manifests["band"]
+    assert band["architecture"]["name"] == "fmcnn" and band["training"]["config"]["arch"] == "fmcnn"
+    assert band["architecture"]["head"] == {"kind": "shift-mean", "copies": 5}  # 0, ±15, ±30
+    assert band["training"]["config"]["augment_config"]["max_shift"] == 30
+    for name in ("arch", "dense"):  # naming liu, or one of its options, keeps it and its row
+        m = manifests[name]
+        assert m["architecture"]["name"] == "liu", name
+        assert m["training"]["config"]["shift_average"] == [40, 20], name
 
 
 def test_cli_explicit_pool_wins(tmp_path):

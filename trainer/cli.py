@@ -121,10 +121,10 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
                    "range lo,hi (spike_height=0.1,1); names and ranges in docs/augmentation.md.")
 @click.option("--shift-tolerance", type=click.FloatRange(0.0, MAX_TOLERANCE), default=None, metavar="CM",
               help="Expected Raman-shift drift of the instrument (cm⁻¹, e.g. 5, 15, 30): chooses -m, -n, the "
-                   "shift augmentation, the training schedule and, above 15, test-time averaging (explicit "
-                   "-m/-n/--patience/--epochs/--val-fraction/--calibrate-folds/--shift-average/--aug "
-                   "max_shift,p_shift win) and records it in the manifest. Rule and evidence: "
-                   "docs/augmentation.md.")
+                   "shift augmentation, the training schedule and, above 15, test-time averaging and the "
+                   "fmcnn network (explicit --arch/-m/-n/--dense/--dropout/--param/--patience/--epochs/"
+                   "--val-fraction/--calibrate-folds/--shift-average/--aug max_shift,p_shift win) and records "
+                   "it in the manifest. Rule and evidence: docs/augmentation.md.")
 @click.option("--shift-average", "shift_average", callback=_parse_window, default=None, metavar="W:STEP",
               help="Average the class probabilities over the spectrum moved by -W, -W+STEP, ..., W cm⁻¹ "
                    "(grid points), inside the bundle: 2W/STEP+1 backbone passes per spectrum, wider drift "
@@ -224,6 +224,9 @@ def _config(options: dict[str, Any]) -> TrainConfig:
         keep = {k for k in RULE_OPTIONS if k not in ("max_shift", "p_shift")  # those two are --aug items
                 and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         keep |= {k for k in ("max_shift", "p_shift") if any(i.split("=")[0].strip() == k for i in options["aug"])}
+        if any(ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE
+               for k in ("dense", "dropout", "arch_options")):
+            keep.add("arch")  # options of one network name it: the band does not choose another
         config = apply_shift_tolerance(config, options["shift_tolerance"], keep=keep)
     return config.check()
 
