@@ -107,6 +107,71 @@ def test_cli_ensemble_option(tmp_path: Path, synthetic) -> None:
     assert bad.exit_code == 2 and "--ensemble" in bad.output
 
 
+ARCHS_FAST = dict(epochs=3, batch_size=8, threads=1, seed=5)
+
+
+def test_ensemble_of_archs_is_the_mean_of_its_members_trained_alone(synthetic) -> None:
+    from trainer.ensemble import member_config
+    from trainer.train import TrainConfig, predict_logits, preprocess_dataset, train
+
+    config = TrainConfig(**ARCHS_FAST, ensemble_archs=("liu", "compact"), pool=4, n_pool=4, dense=16)
+    result = train(synthetic, config)
+    x = preprocess_dataset(synthetic)
+    singles = [train(synthetic, member_config(config, a), validation_seed=config.seed) for a in ("liu", "compact")]
+    from trainer.archs import get_arch
+
+    # liu's options for the liu member only; compact keeps its own defaults (its own "pool" among them)
+    assert (singles[0].model.params["pool"], singles[0].model.params["n_pool"]) == (4, 4)
+    assert singles[1].model.params["pool"] == get_arch("compact").resolve({})["pool"] != 4
+    member_logits = [predict_logits(s.model, x) for s in singles]
+    assert np.allclose(predict_logits(result.model, x), np.mean(member_logits, axis=0), atol=1e-5)
+    params = result.model.params
+    assert result.model.arch == "ensemble" and params["ensemble"] == 2
+    assert [m["arch"] for m in params["members"]] == ["liu", "compact"]
+    assert result.model.feature_size == sum(s.model.feature_size for s in singles)
+    assert [(m["arch"], m["seed"]) for m in result.metrics["members"]] == [("liu", 5), ("compact", 5)]
+
+
+def test_ensemble_of_archs_options_are_checked() -> None:
+    from trainer.train import TrainConfig
+
+    ok = TrainConfig(ensemble_archs=["liu", "fmcnn"]).check()
+    assert ok.ensemble_archs == ("liu", "fmcnn") and ok.members == 2
+    for bad, match in [(dict(ensemble_archs=("liu", "nope")), "nope"),
+                       (dict(ensemble_archs=("liu", "liu")), "different"),
+                       (dict(ensemble_archs=("liu",)), "2.."),
+                       (dict(ensemble_archs=("liu", "fmcnn"), ensemble=2), "--ensemble N"),
+                       (dict(ensemble_archs=("fmcnn", "liu")), "first member"),
+                       (dict(ensemble_archs=("liu", "fmcnn"), semi="sgan"), "semi"),
+                       (dict(ensemble_archs=("liu", "fmcnn"), shift_average=(10, 5)), "shift"),
+                       (dict(arch="compact", ensemble_archs=("compact", "liu"), arch_options={"dense": 8}),
+                        "--param")]:
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**bad).check()
+
+
+def test_cli_ensemble_archs_writes_one_bundle_the_edge_runs(tmp_path: Path, synthetic) -> None:
+    from click.testing import CliRunner
+
+    from edge.bundle import load_bundle
+    from edge.classifier import Classifier
+    from trainer.cli import train
+    from trainer.train import preprocess_dataset
+
+    args = ["--data", str(synthetic.path), "--out", str(tmp_path / "b"), "--ensemble-archs", "compact,liu",
+            "--epochs", "2", "--batch-size", "8", "--threads", "1", "--quiet"]
+    r = CliRunner().invoke(train, args)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    bundle = load_bundle(tmp_path / "b")
+    arch = bundle.manifest["architecture"]
+    assert arch["name"] == "ensemble" and [m["arch"] for m in arch["params"]["members"]] == ["compact", "liu"]
+    assert bundle.manifest["training"]["config"]["arch"] == "compact"  # --arch is the first member's
+    probs = Classifier(bundle).logits(preprocess_dataset(synthetic))
+    assert probs.shape == (len(synthetic), len(synthetic.classes)) and np.isfinite(probs).all()
+    bad = CliRunner().invoke(train, args[:4] + ["--ensemble-archs", "liu,nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output
+
+
 def test_ensemble_cv_benchmark_scores_every_size_from_the_same_members(synthetic) -> None:
     import benchmarks.ensemble_cv as bench
 

@@ -8,6 +8,8 @@ message and exit code.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import shlex
 import sys
@@ -69,6 +71,18 @@ def _list_archs(ctx: click.Context, param: click.Parameter, value: bool) -> None
     if value and not ctx.resilient_parsing:
         click.echo(describe_archs())
         ctx.exit()
+
+
+def _arch_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    """``--ensemble-archs liu,fmcnn`` -> ("liu", "fmcnn"); each name must be registered."""
+    if not value:
+        return ()
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in ARCH_NAMES]
+    if unknown:
+        raise click.BadParameter(f"unknown architecture(s) {unknown}; known: {', '.join(ARCH_NAMES)}",
+                                 ctx=ctx, param=param)
+    return names
 
 
 def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -140,6 +154,10 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
               metavar="N",
               help="Train N models (seeds SEED..SEED+N-1) and fold them into one bundle: backbones side by "
                    "side, logits averaged by one linear head (N times the backbone cost). BENCHMARKS.md.")
+@click.option("--ensemble-archs", "ensemble_archs", callback=_arch_list, default=None, metavar="A,B[,...]",
+              help="Train one model per architecture (e.g. liu,fmcnn,compact; each with its default options, "
+                   "this recipe and --seed) and fold them into one bundle as --ensemble does. --arch is the "
+                   "first. BENCHMARKS.md (\"Ensembles of architectures\").")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=_D.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Torch CPU threads [default: min(4, available CPUs)].")
@@ -176,7 +194,7 @@ def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
 
         unlabeled = load_unlabeled(options["unlabeled"], dataset.wavenumbers)  # fail before training
     command = command_line()
-    with EpochProgress(config.epochs * config.ensemble, enabled=not quiet) as progress:
+    with EpochProgress(config.epochs * config.members, enabled=not quiet) as progress:
         result = (train_semi(dataset, unlabeled, config, on_epoch=progress) if config.semi
                   else fit(dataset, config, on_epoch=progress))
     if options.get("unlabeled") is not None:
@@ -219,8 +237,10 @@ def _config(options: dict[str, Any]) -> TrainConfig:
     kw = {k: v for k, v in options.items() if k not in ("aug", "shift_tolerance", "unlabeled", "semi_opt")}
     aug = parse_augment_options(options.get("aug") or ())
     config = TrainConfig(**kw, augment_config=aug, semi_config=parse_semi_options(options.get("semi_opt") or ()))
+    ctx = click.get_current_context()
+    if config.ensemble_archs and ctx.get_parameter_source("arch") != ParameterSource.COMMANDLINE:
+        config = dataclasses.replace(config, arch=config.ensemble_archs[0])
     if options.get("shift_tolerance") is not None:
-        ctx = click.get_current_context()
         keep = {k for k in RULE_OPTIONS if k not in ("max_shift", "p_shift")  # those two are --aug items
                 and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         keep |= {k for k in ("max_shift", "p_shift") if any(i.split("=")[0].strip() == k for i in options["aug"])}

@@ -227,6 +227,11 @@ class TrainConfig:
     #: ``seed`` .. ``seed + N - 1``, folded into one backbone (features concatenated) and one linear
     #: head (logits averaged).  1: a single model.
     ensemble: int = 1
+    #: Ensemble of architectures (``--ensemble-archs liu,fmcnn,compact``, trainer.ensemble): one member
+    #: per name, each with this recipe, the same seed and its architecture's default options (liu's
+    #: fields above for liu members), folded into one bundle as a seed ensemble is.  Empty: none.
+    #: ``arch`` is the first member's.
+    ensemble_archs: tuple[str, ...] = ()
     #: Test-time shift averaging carried by the bundle (``--shift-average W:STEP``, trainer.shift_average):
     #: the class probabilities averaged over offsets -W, -W+STEP, ..., W grid points.  None: one pass.
     shift_average: tuple[int, int] | None = None
@@ -289,14 +294,42 @@ class TrainConfig:
                 raise ConfigError(f"shift_average must be (HALF_WIDTH, STEP), got {self.shift_average!r}")
             self.shift_average = tuple(self.shift_average)
             window_offsets(*self.shift_average)
-            if self.semi is not None or self.ensemble > 1:
-                raise ConfigError("shift_average: not with --semi or --ensemble (one supervised network only)")
+            if self.semi is not None or self.members > 1:
+                raise ConfigError("shift_average: not with --semi, --ensemble or --ensemble-archs "
+                                  "(one supervised network only)")
         if self.semi is not None and self.device != "cpu":
             raise ConfigError(f"device {self.device}: --semi {self.semi} trains on the CPU only")
         if self.semi is not None and self.ensemble > 1:
             raise ConfigError(f"ensemble: seed ensembles are for supervised training, not --semi {self.semi}")
+        if self.ensemble_archs:
+            self._check_ensemble_archs()
         self.semi_config.check()
         return self
+
+    def _check_ensemble_archs(self) -> None:
+        archs = tuple(str(a) for a in self.ensemble_archs)
+        for a in archs:
+            get_arch(a)  # ConfigError naming the unknown architecture
+        if not 2 <= len(archs) <= MAX_ENSEMBLE or len(set(archs)) != len(archs):
+            raise ConfigError(f"ensemble_archs: need 2..{MAX_ENSEMBLE} different architectures, got {list(archs)} "
+                              "(--ensemble N trains N seeds of one)")
+        if self.ensemble != 1:
+            raise ConfigError("ensemble_archs: an ensemble of architectures takes one member per name; "
+                              "--ensemble N (seeds) is not combined with it")
+        if self.semi is not None or self.shift_average is not None:
+            raise ConfigError("ensemble_archs: not with --semi or --shift-average (supervised members, one pass each)")
+        if self.arch_options:
+            raise ConfigError("ensemble_archs: each member takes its architecture's default options; "
+                              f"--param {sorted(self.arch_options)} would apply to one of them only")
+        if self.arch != archs[0]:
+            raise ConfigError(f"ensemble_archs {list(archs)}: arch must be the first member's ({archs[0]}), "
+                              f"got {self.arch}")
+        self.ensemble_archs = archs
+
+    @property
+    def members(self) -> int:
+        """Networks this configuration trains for one bundle (ensemble members; 1 for a single model)."""
+        return len(self.ensemble_archs) or self.ensemble
 
     def arch_params(self) -> dict[str, Any]:
         """Options of ``arch`` (registry defaults, then liu's fields for liu, then ``arch_options``)."""

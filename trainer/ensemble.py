@@ -56,34 +56,41 @@ class EnsembleNet(nn.Module):
     Parameters
     ----------
     members : sequence of nn.Module
-        Trained models of one architecture and class list, each with ``backbone``,
+        Trained models of one class list and input length, each with ``backbone``,
         a linear ``head`` (an ``nn.Linear`` or a module holding exactly one),
-        ``params`` and ``feature_size``.
+        ``params`` and ``feature_size``.  Of one architecture (a seed ensemble), or
+        of several (``--ensemble-archs``: ``arch`` is then ``"ensemble"`` and
+        ``params["members"]`` lists each member's architecture and options).
 
     Raises
     ------
     ConfigError
-        Fewer than two members, mixed architectures or class counts, or a head that is not linear.
+        Fewer than two members, mixed class counts or input lengths, or a head that is not linear.
     """
 
     def __init__(self, members: Sequence[nn.Module]) -> None:
         super().__init__()
         if len(members) < 2:
             raise ConfigError(f"an ensemble needs at least 2 members, got {len(members)}")
-        arches = {arch_of(m) for m in members}
+        arches = [arch_of(m) for m in members]
         classes = {m.params["classes"] for m in members}
-        if len(arches) != 1 or len(classes) != 1:
-            raise ConfigError(f"ensemble members must share architecture and classes, got {sorted(arches)} "
-                              f"and {sorted(classes)} classes")
+        points = {m.params["points"] for m in members}
+        if len(classes) != 1 or len(points) != 1:
+            raise ConfigError(f"ensemble members must share classes and input length, got {sorted(classes)} "
+                              f"classes and {sorted(points)} points")
         linears = [linear_of(m.head) for m in members]
-        n = len(members)
-        self.arch = arches.pop()
+        n, n_classes, n_points = len(members), classes.pop(), points.pop()
+        self.arch = arches[0] if len(set(arches)) == 1 else "ensemble"
         self.backbone = EnsembleBackbone([m.backbone for m in members])
-        self.head = nn.Linear(sum(lin.in_features for lin in linears), classes.pop())
+        self.head = nn.Linear(sum(lin.in_features for lin in linears), n_classes)
         with torch.no_grad():
             self.head.weight.copy_(torch.cat([lin.weight for lin in linears], dim=1) / n)
             self.head.bias.copy_(torch.stack([lin.bias for lin in linears]).mean(0))
-        self.params: dict[str, Any] = {**members[0].params, "ensemble": n}
+        if self.arch != "ensemble":
+            self.params: dict[str, Any] = {**members[0].params, "ensemble": n}
+        else:  # one member's options do not describe the others
+            self.params = {"points": n_points, "classes": n_classes, "ensemble": n,
+                           "members": [{"arch": a, **m.params} for a, m in zip(arches, members)]}
         self._feature_size = sum(int(m.feature_size) for m in members)
 
     @property
@@ -103,12 +110,25 @@ def linear_of(head: nn.Module) -> nn.Linear:
     return lin
 
 
+def member_config(config: TrainConfig, arch: str) -> TrainConfig:
+    """The configuration of an ensemble-of-architectures member: ``config`` with ``arch``, one model,
+    no temperature of its own, and the default options of that architecture (liu's fields kept for liu)."""
+    from .config import ARCH_NAME, LIU_FIELDS
+
+    defaults = TrainConfig()
+    liu = {} if arch == ARCH_NAME else {f: getattr(defaults, f) for f in LIU_FIELDS}
+    return dataclasses.replace(config, arch=arch, ensemble=1, ensemble_archs=(), calibrate=False,
+                               calibrate_folds=0, arch_options={}, **liu)
+
+
 def train_ensemble(dataset: Dataset, config: TrainConfig, *, preprocessing: dict[str, Any] | None = None,
                    on_epoch: Callable[["EpochLog"], None] | None = None) -> "TrainResult":
-    """Train ``config.ensemble`` members and fold them into one :class:`EnsembleNet`.
+    """Train ``config.ensemble`` members (or one per ``config.ensemble_archs``) and fold them into one :class:`EnsembleNet`.
 
-    Member ``j`` is ``config`` with seed ``config.seed + j`` (mod 2**32), trained by
-    :func:`trainer.train.train` on the same validation split (that of ``config.seed``),
+    Member ``j`` is ``config`` with seed ``config.seed + j`` (mod 2**32), or, for an
+    ensemble of architectures, ``config`` with ``arch = ensemble_archs[j]``, the same seed
+    and that architecture's default options (liu's fields for a liu member); each is
+    trained by :func:`trainer.train.train` on the same validation split (that of ``config.seed``),
     so the split stays held out from every member: the ensemble's early-stopping
     metrics and its temperature (fitted on that split, or cross-fitted when
     ``config.calibrate_folds`` >= 2, each fold training a whole ensemble) are honest.
@@ -122,19 +142,21 @@ def train_ensemble(dataset: Dataset, config: TrainConfig, *, preprocessing: dict
     from .train import TrainResult, fit_temperature, predict_logits, topk_accuracy, train
 
     t_start = time.perf_counter()
-    n = config.ensemble
+    n = config.members
     results: list[TrainResult] = []
     history: list[EpochLog] = []
     for j in range(n):
         member = dataclasses.replace(config, ensemble=1, seed=(config.seed + j) % 2**32, calibrate=False,
                                      calibrate_folds=0)
+        if config.ensemble_archs:
+            member = member_config(config, config.ensemble_archs[j])
         offset = len(history)
 
         def relay(entry: "EpochLog", offset: int = offset) -> None:  # one progress bar over all members
             if on_epoch is not None:
                 on_epoch(dataclasses.replace(entry, epoch=offset + entry.epoch))
 
-        log.info("ensemble member %d/%d (seed %d)", j + 1, n, member.seed)
+        log.info("ensemble member %d/%d (%s, seed %d)", j + 1, n, member.arch, member.seed)
         r = train(dataset, member, preprocessing=preprocessing, on_epoch=relay, validation_seed=config.seed)
         results.append(r)
         history += [dataclasses.replace(e, epoch=offset + e.epoch) for e in r.history]
@@ -147,7 +169,8 @@ def train_ensemble(dataset: Dataset, config: TrainConfig, *, preprocessing: dict
     metrics: dict[str, Any] = {
         "ensemble": n, "best_epoch": results[0].best_epoch, "epochs_run": len(history),
         "train_spectra": int(train_idx.size), "val_spectra": int(val_idx.size),
-        "members": [{"seed": r.config.seed, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
+        "members": [{"arch": r.config.arch, "seed": r.config.seed, "best_epoch": r.best_epoch,
+                     "epochs_run": r.epochs_run,
                      **{k: r.metrics[k] for k in ("train_top1", "val_top1", "val_top3") if k in r.metrics}}
                     for r in results]}
     x_train = pre.batch(dataset.spectra[train_idx], dataset.wavenumbers, where=[where[i] for i in train_idx])
@@ -167,4 +190,4 @@ def train_ensemble(dataset: Dataset, config: TrainConfig, *, preprocessing: dict
                        seconds=time.perf_counter() - t_start, temperature=temperature)
 
 
-__all__ = ["EnsembleNet", "EnsembleBackbone", "linear_of", "train_ensemble"]
+__all__ = ["EnsembleNet", "EnsembleBackbone", "linear_of", "member_config", "train_ensemble"]

@@ -238,7 +238,8 @@ def tolerance_settings(cm: float, arch: str | None = None) -> ToleranceSettings:
 def _network_chosen(config: TrainConfig, keep: set[str]) -> bool:
     """Whether ``config`` names its network: ``arch`` kept, another than liu, or liu's own options set."""
     defaults = TrainConfig()
-    return ("arch" in keep or config.arch != ARCH_NAME or bool(config.arch_options) or bool(keep & {"pool", "n_pool"})
+    return ("arch" in keep or config.arch != ARCH_NAME or bool(config.arch_options) or bool(config.ensemble_archs)
+            or bool(keep & {"pool", "n_pool"})
             or any(getattr(config, f) != getattr(defaults, f) for f in LIU_FIELDS if f not in ("pool", "n_pool")))
 
 
@@ -272,9 +273,9 @@ def apply_shift_tolerance(config: TrainConfig, cm: float, keep: Iterable[str] = 
     skip = keep | not_liu | {"arch", "max_shift", "p_shift"}
     if config.semi is not None:
         skip |= {"calibrate_folds"}
-    if s.shift_average is not None and (config.semi is not None or config.ensemble > 1) \
+    if s.shift_average is not None and (config.semi is not None or config.members > 1) \
             and "shift_average" not in keep:
-        log.warning("shift tolerance %g cm⁻¹: no test-time averaging (%s) with --semi or --ensemble; "
+        log.warning("shift tolerance %g cm⁻¹: no test-time averaging (%s) with --semi or an ensemble; "
                     "the training shifts alone cover less drift", cm, s.shift_average)
         skip |= {"shift_average"}
     # the TrainConfig fields the rule sets; None in a row: the configuration's value stays

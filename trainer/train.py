@@ -223,7 +223,7 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
         A spectrum the preprocessing cannot use (names the spectrum).
     """
     config = (config or TrainConfig()).check()
-    if config.ensemble > 1 and init_model is None:
+    if config.members > 1 and init_model is None:
         from .ensemble import train_ensemble
 
         return train_ensemble(dataset, config, preprocessing=preprocessing, on_epoch=on_epoch)
