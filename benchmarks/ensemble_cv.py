@@ -85,6 +85,28 @@ def latency(members: int, points: int = 1392, classes: int = 63, calls: int = 20
     return rows
 
 
+def score_subsets(path: Path, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Mean CV top-1 of every subset of the members whose logits ``--save-logits`` kept (logits averaged)."""
+    import itertools
+    import re
+
+    z = np.load(path)
+    y_all = np.searchsorted(z["classes"], z["labels"])
+    folds = sorted({int(m[1]) for k in z.files if (m := re.match(r"fold(\d+)_logits$", k))})
+    members = z[f"fold{folds[0]}_logits"].shape[0]
+    names = list(names) if names else [f"member {j + 1}" for j in range(members)]
+    if len(names) != members:
+        raise ValueError(f"{path}: {members} members, {len(names)} names given")
+    rows = []
+    for r in range(1, members + 1):
+        for subset in itertools.combinations(range(members), r):
+            per_fold = [top1(z[f"fold{f}_logits"][list(subset)].mean(0), y_all[z[f"fold{f}_test_index"]])
+                        for f in folds]
+            rows.append({"members": [names[j] for j in subset], "top1_folds": per_fold,
+                         "top1_mean": round(float(np.mean(per_fold)), 4)})
+    return rows
+
+
 def member_plan(spec: str | Sequence[str], members: int, seed: int) -> list[tuple[str, int]]:
     """The ``(recipe, seed)`` of each member: ``members`` seeds of one recipe, or one member per recipe."""
     specs = [spec] if isinstance(spec, str) else list(spec)
@@ -157,9 +179,20 @@ def run(data: Path, spec: str | Sequence[str], members: int, folds: int, seed: i
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--save-logits", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write every member's test logits per fold (.npz).")
+@click.option("--score-logits", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Only score every subset of the members in a --save-logits file (names: --names), exit.")
+@click.option("--names", default=None, help="Comma-separated member names for --score-logits.")
 def main(data: Path, specs: tuple[str, ...], members: int, folds: int, seed: int, threads: int, device: str,
-         quick: bool, latency_only: bool, out: Path | None, save_logits: Path | None) -> None:
+         quick: bool, latency_only: bool, out: Path | None, save_logits: Path | None, score_logits: Path | None,
+         names: str | None) -> None:
     """Seed ensembles of a CNN recipe: top-1 of 1..N members, 5-fold CV on the Soysal split."""
+    if score_logits is not None:
+        print("| members (logits averaged) | top-1 mean | folds |")
+        print("|---|---:|---|")
+        for row in score_subsets(score_logits, names.split(",") if names else None):
+            print(f"| {' + '.join(row['members'])} | {row['top1_mean']:.3f} | "
+                  f"{' '.join(f'{v:.3f}' for v in row['top1_folds'])} |")
+        return
     if latency_only:
         print("| members | p50 µs | p99 µs | backbone ONNX bytes |")
         print("|---:|---:|---:|---:|")

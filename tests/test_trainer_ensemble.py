@@ -201,6 +201,11 @@ def test_ensemble_cv_of_recipes_trains_one_member_per_recipe_and_keeps_their_log
         y = y_all[index]
         assert [float((m.argmax(1) == y).mean()) for m in logits] == row["member_top1"]
         assert float((logits.mean(0).argmax(1) == y).mean()) == row["ensemble_top1"][1]
+    subsets = {tuple(r["members"]): r for r in bench.score_subsets(tmp_path / "z.npz", ["liu", "compact"])}
+    assert set(subsets) == {("liu",), ("compact",), ("liu", "compact")}
+    for j, name in enumerate(["liu", "compact"]):
+        assert subsets[(name,)]["top1_folds"] == [r["member_top1"][j] for r in doc["folds"]]
+    assert subsets[("liu", "compact")]["top1_folds"] == [r["ensemble_top1"][1] for r in doc["folds"]]
 
 
 def test_ensemble_latency_rows_grow_with_members() -> None:
