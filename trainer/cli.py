@@ -9,7 +9,6 @@ message and exit code.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import shlex
 import sys

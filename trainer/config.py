@@ -1,6 +1,7 @@
 """Training options and their defaults (torch-free, so the CLI can show them without importing torch)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -325,6 +326,13 @@ class TrainConfig:
             raise ConfigError(f"ensemble_archs {list(archs)}: arch must be the first member's ({archs[0]}), "
                               f"got {self.arch}")
         self.ensemble_archs = archs
+
+    def with_arch(self, arch: str) -> "TrainConfig":
+        """This configuration for network ``arch``: liu's own fields back at their defaults unless it is liu."""
+        if arch == ARCH_NAME:
+            return dataclasses.replace(self, arch=arch)
+        defaults = TrainConfig()
+        return dataclasses.replace(self, arch=arch, **{f: getattr(defaults, f) for f in LIU_FIELDS})
 
     @property
     def members(self) -> int:

@@ -110,25 +110,24 @@ def linear_of(head: nn.Module) -> nn.Linear:
     return lin
 
 
-def member_config(config: TrainConfig, arch: str) -> TrainConfig:
-    """The configuration of an ensemble-of-architectures member: ``config`` with ``arch``, one model,
-    no temperature of its own, and the default options of that architecture (liu's fields kept for liu)."""
-    from .config import ARCH_NAME, LIU_FIELDS
-
-    defaults = TrainConfig()
-    liu = {} if arch == ARCH_NAME else {f: getattr(defaults, f) for f in LIU_FIELDS}
-    return dataclasses.replace(config, arch=arch, ensemble=1, ensemble_archs=(), calibrate=False,
-                               calibrate_folds=0, arch_options={}, **liu)
+def member_config(config: TrainConfig, j: int) -> TrainConfig:
+    """Member ``j`` of ``config``'s ensemble: one model, no temperature of its own; seed ``seed + j``
+    (a seed ensemble), or network ``ensemble_archs[j]`` with the same seed and its default options
+    (liu's fields kept for a liu member)."""
+    one = dataclasses.replace(config, ensemble=1, ensemble_archs=(), calibrate=False, calibrate_folds=0)
+    if not config.ensemble_archs:
+        return dataclasses.replace(one, seed=(config.seed + j) % 2**32)
+    return dataclasses.replace(one, arch_options={}).with_arch(config.ensemble_archs[j])
 
 
 def train_ensemble(dataset: Dataset, config: TrainConfig, *, preprocessing: dict[str, Any] | None = None,
                    on_epoch: Callable[["EpochLog"], None] | None = None) -> "TrainResult":
-    """Train ``config.ensemble`` members (or one per ``config.ensemble_archs``) and fold them into one :class:`EnsembleNet`.
+    """Train ``config.members`` models and fold them into one :class:`EnsembleNet`.
 
-    Member ``j`` is ``config`` with seed ``config.seed + j`` (mod 2**32), or, for an
-    ensemble of architectures, ``config`` with ``arch = ensemble_archs[j]``, the same seed
-    and that architecture's default options (liu's fields for a liu member); each is
-    trained by :func:`trainer.train.train` on the same validation split (that of ``config.seed``),
+    Member ``j`` (:func:`member_config`) is ``config`` with seed ``config.seed + j`` (mod 2**32),
+    or, for an ensemble of architectures, with ``arch = ensemble_archs[j]``, the same seed and
+    that architecture's default options; each is trained by :func:`trainer.train.train` on the
+    same validation split (that of ``config.seed``),
     so the split stays held out from every member: the ensemble's early-stopping
     metrics and its temperature (fitted on that split, or cross-fitted when
     ``config.calibrate_folds`` >= 2, each fold training a whole ensemble) are honest.
@@ -146,10 +145,7 @@ def train_ensemble(dataset: Dataset, config: TrainConfig, *, preprocessing: dict
     results: list[TrainResult] = []
     history: list[EpochLog] = []
     for j in range(n):
-        member = dataclasses.replace(config, ensemble=1, seed=(config.seed + j) % 2**32, calibrate=False,
-                                     calibrate_folds=0)
-        if config.ensemble_archs:
-            member = member_config(config, config.ensemble_archs[j])
+        member = member_config(config, j)
         offset = len(history)
 
         def relay(entry: "EpochLog", offset: int = offset) -> None:  # one progress bar over all members

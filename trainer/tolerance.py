@@ -136,9 +136,10 @@ TOLERANCE_RULE: tuple[RuleRow, ...] = (
 )
 #: Rows that replace :data:`TOLERANCE_RULE`'s for one network, by band limit (the other networks use the
 #: Liu rows without their pooling).  Stop 19: the fire-module CNN takes wide training shifts that the
-#: Liu CNN cannot.  Trained on ±30 (never less than the ≤ 15 band's ±20) for 300 epochs and averaged over 0, ±t/2, ±t (0, ±15, ±30), it gives
-#: 0.81 unshifted and 0.72-0.75 at ±30 (seed 0; BENCHMARKS.md "Stop 19"), where the Liu row gives 0.77
-#: and 0.69, so the ≤ 30 band trains it when the network was not chosen (``RuleRow.network``).
+#: Liu CNN cannot.  Trained on ±t (never less than the ≤ 15 band's ±20) for 300 epochs and averaged
+#: over 0, ±t/2, ±t (0, ±15, ±30 for 30), it gives 0.807 unshifted and 0.72-0.75 at ±30 on two seeds
+#: (BENCHMARKS.md "Stop 19"), where the Liu row gives 0.74-0.77 and 0.63-0.69, so the ≤ 30 band trains
+#: it when the network was not chosen (``RuleRow.network``).
 ARCH_ROWS: dict[str, dict[float, RuleRow]] = {
     "fmcnn": {
         # ±20 for 15 as liu's row; 300 epochs gave what 500 did (0.836 unshifted, 0.77-0.80 at ±15, seed 0)
@@ -260,8 +261,7 @@ def apply_shift_tolerance(config: TrainConfig, cm: float, keep: Iterable[str] = 
     if s.arch != config.arch:
         log.info("shift tolerance %g cm⁻¹: training --arch %s, this band's network (--arch liu keeps liu)",
                  cm, s.arch)
-        defaults = TrainConfig()
-        config = dataclasses.replace(config, arch=s.arch, **{f: getattr(defaults, f) for f in LIU_FIELDS})
+        config = config.with_arch(s.arch)
     not_liu = set()
     if config.arch != ARCH_NAME:
         log.info("shift tolerance %g cm⁻¹ with --arch %s: shift augmentation and schedule only "
