@@ -18,6 +18,7 @@ Usage (repository root)::
     nice -n 2 python benchmarks/ensemble_cv.py --members 3 --threads 2     # ~12 min on 2 cores
     python benchmarks/ensemble_cv.py --quick --out /tmp/e.json              # smoke run
     python benchmarks/ensemble_cv.py --latency --members 3                   # ONNX cost of 1 vs N members
+    python benchmarks/ensemble_cv.py --latency --spec cnn:liu --spec cnn:fmcnn   # each network, then both
 
 ``--latency`` exports an untrained single model and an untrained N-member ensemble
 (weights do not change the cost) and times backbone + head, one spectrum at a time,
@@ -54,8 +55,10 @@ def top1(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
-def latency(members: int, points: int = 1392, classes: int = 63, calls: int = 2000) -> list[dict[str, Any]]:
-    """p50/p99 (µs) of backbone + head in ONNX Runtime (1 thread) for 1 and ``members`` models."""
+def latency(members: int, points: int = 1392, classes: int = 63, calls: int = 2000,
+            archs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """p50/p99 (µs) of backbone + head in ONNX Runtime (1 thread): 1 and ``members`` liu models, or,
+    given ``archs``, each of those networks alone and all of them as one ensemble."""
     import onnxruntime as ort
     import torch
 
@@ -67,10 +70,11 @@ def latency(members: int, points: int = 1392, classes: int = 63, calls: int = 20
     x = np.random.default_rng(0).random((1, points), dtype=np.float32)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    groups = [[a] for a in archs] + [list(archs)] if archs else [["liu"], ["liu"] * members]
     rows = []
-    for n in (1, members):
-        nets = [build_model({"points": points, "classes": classes}).eval() for _ in range(n)]
-        backbone, head = export_onnx(nets[0] if n == 1 else EnsembleNet(nets).eval())
+    for group in groups:
+        nets = [build_model({"points": points, "classes": classes}, a).eval() for a in group]
+        backbone, head = export_onnx(nets[0] if len(nets) == 1 else EnsembleNet(nets).eval())
         b = ort.InferenceSession(backbone, opts, providers=["CPUExecutionProvider"])
         h = ort.InferenceSession(head, opts, providers=["CPUExecutionProvider"])
         times = []
@@ -79,7 +83,7 @@ def latency(members: int, points: int = 1392, classes: int = 63, calls: int = 20
             h.run(None, {"features": b.run(None, {"spectrum": x})[0]})
             if i >= 200:
                 times.append(time.perf_counter_ns() - t0)
-        rows.append({"members": n, "p50_us": round(float(np.median(times)) / 1e3, 1),
+        rows.append({"members": len(group), "archs": group, "p50_us": round(float(np.median(times)) / 1e3, 1),
                      "p99_us": round(float(np.percentile(times, 99)) / 1e3, 1),
                      "backbone_onnx_bytes": len(backbone), "head_onnx_bytes": len(head)})
     return rows
@@ -193,11 +197,12 @@ def main(data: Path, specs: tuple[str, ...], members: int, folds: int, seed: int
             print(f"| {' + '.join(row['members'])} | {row['top1_mean']:.3f} | "
                   f"{' '.join(f'{v:.3f}' for v in row['top1_folds'])} |")
         return
-    if latency_only:
+    if latency_only:  # several --spec: each of their networks alone, then together
+        archs = [CNNSpec.parse(s).arch for s in specs] if len(specs) > 1 else None
         print("| members | p50 µs | p99 µs | backbone ONNX bytes |")
-        print("|---:|---:|---:|---:|")
-        for r in latency(members):
-            print(f"| {r['members']} | {r['p50_us']} | {r['p99_us']} | {r['backbone_onnx_bytes']:,} |")
+        print("|---|---:|---:|---:|")
+        for r in latency(members, archs=archs):
+            print(f"| {' + '.join(r['archs'])} | {r['p50_us']} | {r['p99_us']} | {r['backbone_onnx_bytes']:,} |")
         return
     if not data.exists():
         raise SystemExit(f"{data}: not found (see ../shared/data/README.md)")

@@ -215,3 +215,6 @@ def test_ensemble_latency_rows_grow_with_members() -> None:
     assert [r["members"] for r in rows] == [1, 2]
     assert rows[1]["backbone_onnx_bytes"] > 1.8 * rows[0]["backbone_onnx_bytes"]
     assert all(r["p50_us"] > 0 for r in rows)
+    mixed = bench.latency(0, points=256, classes=3, calls=20, archs=["liu", "compact"])
+    assert [r["archs"] for r in mixed] == [["liu"], ["compact"], ["liu", "compact"]]
+    assert mixed[2]["backbone_onnx_bytes"] > mixed[0]["backbone_onnx_bytes"] + 0.9 * mixed[1]["backbone_onnx_bytes"]
