@@ -137,9 +137,9 @@ TOLERANCE_RULE: tuple[RuleRow, ...] = (
 #: Rows that replace :data:`TOLERANCE_RULE`'s for one network, by band limit (the other networks use the
 #: Liu rows without their pooling).  Stop 19: the fire-module CNN takes wide training shifts that the
 #: Liu CNN cannot.  Trained on ±t (never less than the ≤ 15 band's ±20) for 300 epochs and averaged
-#: over 0, ±t/2, ±t (0, ±15, ±30 for 30), it gives 0.807 unshifted and 0.72-0.75 at ±30 on two seeds
-#: (BENCHMARKS.md "Stop 19"), where the Liu row gives 0.74-0.77 and 0.63-0.69, so the ≤ 30 band trains
-#: it when the network was not chosen (``RuleRow.network``).
+#: over 0, ±t/2, ±t (0, ±15, ±30 for 30), it gives 0.80-0.81 unshifted and 0.70-0.75 at ±30 on three
+#: seeds (BENCHMARKS.md "Stop 19"), where the Liu row gives 0.74-0.77 and 0.63-0.69 (two seeds), so the
+#: ≤ 30 band trains it when the network was not chosen (``RuleRow.network``).
 ARCH_ROWS: dict[str, dict[float, RuleRow]] = {
     "fmcnn": {
         # ±20 for 15 as liu's row; 300 epochs gave what 500 did (0.836 unshifted, 0.77-0.80 at ±15, seed 0)
