@@ -255,7 +255,7 @@ class TrainConfig:
                 raise ConfigError(f"arch_options {clash}: set these liu options with "
                                   f"{', '.join('--' + c.replace('_', '-') for c in clash)}")
         else:
-            changed = [f for f in LIU_FIELDS if getattr(self, f) != TrainConfig.__dataclass_fields__[f].default]
+            changed = self.liu_options_set()
             if changed:
                 why = " (--shift-tolerance chooses them, for liu only)" if self.shift_tolerance is not None else ""
                 raise ConfigError(f"{', '.join(changed)}: options of --arch liu{why}; for {self.arch} use "
@@ -327,12 +327,16 @@ class TrainConfig:
                               f"got {self.arch}")
         self.ensemble_archs = archs
 
+    def liu_options_set(self) -> list[str]:
+        """Liu's own fields (:data:`LIU_FIELDS`) that differ from their defaults."""
+        return [f for f in LIU_FIELDS if getattr(self, f) != TrainConfig.__dataclass_fields__[f].default]
+
     def with_arch(self, arch: str) -> "TrainConfig":
         """This configuration for network ``arch``: liu's own fields back at their defaults unless it is liu."""
         if arch == ARCH_NAME:
             return dataclasses.replace(self, arch=arch)
-        defaults = TrainConfig()
-        return dataclasses.replace(self, arch=arch, **{f: getattr(defaults, f) for f in LIU_FIELDS})
+        return dataclasses.replace(self, arch=arch,
+                                   **{f: TrainConfig.__dataclass_fields__[f].default for f in LIU_FIELDS})
 
     @property
     def members(self) -> int:

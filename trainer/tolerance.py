@@ -31,7 +31,7 @@ import numpy as np
 from calibration.errors import ConfigError
 
 from .augment import shift_spectra  # the one shift definition; re-exported here
-from .config import ARCH_NAME, LIU_FIELDS, TrainConfig
+from .config import ARCH_NAME, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +237,10 @@ def tolerance_settings(cm: float, arch: str | None = None) -> ToleranceSettings:
 
 
 def _network_chosen(config: TrainConfig, keep: set[str]) -> bool:
-    """Whether ``config`` names its network: ``arch`` kept, another than liu, or liu's own options set."""
-    defaults = TrainConfig()
+    """Whether ``config`` names its network: ``arch`` kept, another than liu, or liu's own options set
+    (``pool``/``n_pool`` only when kept: the rule sets them otherwise)."""
     return ("arch" in keep or config.arch != ARCH_NAME or bool(config.arch_options) or bool(config.ensemble_archs)
-            or bool(keep & {"pool", "n_pool"})
-            or any(getattr(config, f) != getattr(defaults, f) for f in LIU_FIELDS if f not in ("pool", "n_pool")))
+            or bool(keep & {"pool", "n_pool"}) or bool(set(config.liu_options_set()) - {"pool", "n_pool"}))
 
 
 def apply_shift_tolerance(config: TrainConfig, cm: float, keep: Iterable[str] = ()) -> TrainConfig:
