@@ -215,13 +215,17 @@ ARCHS: dict[str, ArchSpec] = {
                      "dropout": Param(0.5, "dropout after the dense layer", **_DROPOUT),
                  }),
         ArchSpec("cnn-lstm", "four k=2 convolutions each followed by a max-pool, one LSTM over the pooled "
-                             "sequence (last step), dense layers",
+                             "sequence (every step's output, flattened), dense layers",
                  "trainer.cnn_lstm:CNNLSTM", {
                      "filters": Param((16, 32, 64, 64), "filters of the convolutions", minimum=1),
                      "kernel": Param(2, "convolution kernel (valid padding)", minimum=1),
                      "pool": Param(2, "max-pool after each convolution", minimum=1),
                      "hidden": Param(64, "LSTM hidden size", minimum=1),
-                     "bidirectional": Param(False, "run the LSTM both ways (features of both ends)"),
+                     "bidirectional": Param(False, "run the LSTM both ways"),
+                     "summary": Param("flatten", "what the dense layers read of the LSTM: flatten (every step's "
+                                                 "output; keeps band positions), last, mean or max",
+                                      choices=("flatten", "last", "mean", "max")),
+                     "batch_norm": Param(True, "batch-norm after every convolution"),
                      "dense": Param((128,), "dense layers after the LSTM (last = feature size)", minimum=1),
                      "dropout": Param(0.5, "dropout after each dense layer", **_DROPOUT),
                  }),
