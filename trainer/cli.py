@@ -20,7 +20,7 @@ import click
 from calibration.errors import ConfigError, MissingExtraError
 
 from .archs import ARCH_NAMES, describe_archs
-from .config import ARCH_NAME, MAX_ENSEMBLE, MAX_N_POOL, SEMI_METHODS, TrainConfig
+from .config import ARCH_NAME, CALIBRATE_OBJECTIVES, MAX_ENSEMBLE, MAX_N_POOL, SEMI_METHODS, TrainConfig
 from .tolerance import MAX_TOLERANCE
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,10 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Fit the temperature by K-fold cross-fitting instead (K extra models of the same recipe, "
                    "each scoring the fold it did not see): for --val-fraction 0, where the model trains on "
                    "every spectrum. 0: the validation split.")
+@click.option("--calibrate-objective", type=click.Choice(CALIBRATE_OBJECTIVES), default=_D.calibrate_objective,
+              show_default=True,
+              help="What the temperature minimises: nll, or brier (the Brier score: a few confidently wrong "
+                   "spectra cannot steer it; --shift-tolerance above 15 uses it). docs/augmentation.md.")
 @click.option("--ensemble", type=click.IntRange(1, MAX_ENSEMBLE), default=_D.ensemble, show_default=True,
               metavar="N",
               help="Train N models (seeds SEED..SEED+N-1) and fold them into one bundle: backbones side by "
@@ -211,7 +215,7 @@ def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
         if "calibration" in m:
             c = m["calibration"]
             where = f"out-of-fold ({c['folds']}-fold)" if c.get("folds") else "validation"
-            click.echo(f"temperature {c['temperature']:.3f}: {where} ECE(15) {c['ece_before']:.3f} -> "
+            click.echo(f"temperature {c['temperature']:.3f} ({c.get('objective', 'nll')}): {where} ECE(15) {c['ece_before']:.3f} -> "
                        f"{c['ece_after']:.3f}, mean margin {c['mean_margin_before']:.3f} -> {c['mean_margin_after']:.3f}")
 
 

@@ -29,6 +29,8 @@ SEMI_METHODS = ("sgan", "contrastive")
 MAX_ENSEMBLE = 8
 #: Starts of the contrastive method's linear head (SemiConfig.head_init).
 HEAD_INITS = ("prototypes", "random")
+#: What the softmax temperature minimises (trainer.temperature; ``--calibrate-objective``).
+CALIBRATE_OBJECTIVES = ("nll", "brier")
 
 
 @dataclass
@@ -224,6 +226,9 @@ class TrainConfig:
     #: K extra models of the same recipe, each trained on K-1 stratified folds (cross-fitting), so a
     #: model trained on every spectrum (``val_fraction`` 0) is calibrated on spectra its twins never saw.
     calibrate_folds: int = 0
+    #: What T minimises on those logits: ``nll`` (Guo et al.) or ``brier`` (the Brier score; bounded per
+    #: spectrum, so a few confident misses do not steer it: trainer.temperature).
+    calibrate_objective: str = "nll"
     #: Seed ensemble size (``--ensemble N``, trainer.ensemble): N models of this recipe, seeds
     #: ``seed`` .. ``seed + N - 1``, folded into one backbone (features concatenated) and one linear
     #: head (logits averaged).  1: a single model.
@@ -272,6 +277,8 @@ class TrainConfig:
             ("patience", self.patience >= 1, ">= 1"),
             ("val_fraction", 0.0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
             ("calibrate_folds", self.calibrate_folds == 0 or 2 <= self.calibrate_folds <= 20, "0 or in 2..20"),
+            ("calibrate_objective", self.calibrate_objective in CALIBRATE_OBJECTIVES,
+             f"one of {', '.join(CALIBRATE_OBJECTIVES)}"),
             ("ensemble", 1 <= self.ensemble <= MAX_ENSEMBLE, f"in 1..{MAX_ENSEMBLE}"),
             ("monitor", self.monitor in ("loss", "accuracy"), "'loss' or 'accuracy'"),
             ("seed", 0 <= self.seed < 2**32, "in 0..2**32-1"),

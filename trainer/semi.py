@@ -265,7 +265,7 @@ def _finish(model: nn.Module, data: _Data, config: TrainConfig, pre: Preprocesso
         metrics.update(val_loss=float(F.cross_entropy(torch.from_numpy(v), torch.from_numpy(y_val))),
                        val_top1=topk_accuracy(v, y_val), val_top3=topk_accuracy(v, y_val, 3))
         if config.calibrate:
-            temperature, calib = calibrate(v, y_val)
+            temperature, calib = calibrate(v, y_val, objective=config.calibrate_objective)
             metrics["calibration"] = dict(calib, split="validation (the early-stopping split; T fitted there)")
     metrics["semi"] = extra
     return TrainResult(model=model, classes=data.classes, config=config, preprocessing=pre.spec, history=history,

@@ -361,7 +361,7 @@ def fit_temperature(dataset: Dataset, config: TrainConfig, preprocessing: dict[s
         return temperature
     if config.calibrate and validation is not None:
         # Temperature scaling on the same validation split early stopping used (trainer.temperature).
-        temperature, calib = calibrate(*validation)
+        temperature, calib = calibrate(*validation, objective=config.calibrate_objective)
         metrics["calibration"] = dict(calib, split="validation (the early-stopping split; T fitted there)")
         log.info("temperature %.3f: validation ECE(15) %.3f -> %.3f", temperature, calib["ece_before"],
                  calib["ece_after"])
@@ -429,7 +429,7 @@ def crossfit_temperature(dataset: Dataset, config: TrainConfig, *,
         ys.append(np.searchsorted(np.asarray(classes), dataset.labels[te]))
     if not rows:
         raise ConfigError(f"{dataset.path or 'dataset'}: no spectrum could be scored out of fold")
-    temperature, calib = calibrate(np.concatenate(rows), np.concatenate(ys))
+    temperature, calib = calibrate(np.concatenate(rows), np.concatenate(ys), objective=config.calibrate_objective)
     calib.update(split=f"{k}-fold cross-fitting (out-of-fold logits of {k} models of the same recipe)",
                  folds=k, left_out=left_out)
     return temperature, calib
