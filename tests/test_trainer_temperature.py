@@ -198,8 +198,11 @@ def test_crossfit_temperature_uses_out_of_fold_logits_only(synthetic) -> None:
     for tr, te in StratifiedKFold(3, shuffle=True, random_state=0).split(x, synthetic.labels):
         logits[te] = predict_logits(train(synthetic.subset(tr), sub).model, x[te])
     y = np.searchsorted(np.asarray(synthetic.classes), synthetic.labels)
-    assert calib["temperature"] == pytest.approx(fit_temperature(logits, y), rel=1e-6)
-    assert calib["temperature"] != pytest.approx(fit_temperature(predict_logits(result.model, x), y), rel=1e-3)
+    objective = cfg.calibrate_objective
+    assert calib["objective"] == objective
+    assert calib["temperature"] == pytest.approx(fit_temperature(logits, y, objective=objective), rel=1e-6)
+    assert calib["temperature"] != pytest.approx(
+        fit_temperature(predict_logits(result.model, x), y, objective=objective), rel=1e-3)
 
 
 def test_crossfit_leaves_out_a_mineral_no_fold_can_score(synthetic) -> None:

@@ -151,8 +151,8 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
                    "every spectrum. 0: the validation split.")
 @click.option("--calibrate-objective", type=click.Choice(CALIBRATE_OBJECTIVES), default=_D.calibrate_objective,
               show_default=True,
-              help="What the temperature minimises: nll, or brier (the Brier score: a few confidently wrong "
-                   "spectra cannot steer it; --shift-tolerance above 15 uses it). docs/augmentation.md.")
+              help="What the temperature minimises: brier (the Brier score: a few confidently wrong spectra "
+                   "cannot steer it) or nll (Guo et al.). BENCHMARKS.md, 'Stop 20'.")
 @click.option("--ensemble", type=click.IntRange(1, MAX_ENSEMBLE), default=_D.ensemble, show_default=True,
               metavar="N",
               help="Train N models (seeds SEED..SEED+N-1) and fold them into one bundle: backbones side by "

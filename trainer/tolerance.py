@@ -67,9 +67,6 @@ class ToleranceSettings:
     shift_average : (int, int) or None
         Test-time probability averaging window ``(half_width, step)`` carried by the bundle
         (:mod:`trainer.shift_average`); None: one pass.
-    calibrate_objective : str or None
-        What the temperature minimises (``nll``/``brier``, :mod:`trainer.temperature`); None
-        leaves the configuration's.
     """
 
     tolerance: float
@@ -83,7 +80,6 @@ class ToleranceSettings:
     val_fraction: float | None = None
     calibrate_folds: int | None = None
     shift_average: tuple[int, int] | None = None
-    calibrate_objective: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,8 +106,6 @@ class RuleRow:
     average: tuple[float, float] | None = None
     #: The network this band trains when none was chosen (``--arch``, ``-m``/``-n`` ...); None: liu.
     network: str | None = None
-    #: What the temperature minimises (``--calibrate-objective``); None: the configuration's (nll).
-    calibrate_objective: str | None = None
 
 
 #: The rule: the first row whose ``limit`` covers the request applies; training shifts reach
@@ -151,12 +145,8 @@ ARCH_ROWS: dict[str, dict[float, RuleRow]] = {
         # ±20 for 15 as liu's row; 300 epochs gave what 500 did (0.836 unshifted, 0.77-0.80 at ±15, seed 0)
         15.0: RuleRow(limit=15.0, pool=3, n_pool=3, shift_factor=4 / 3, p_shift=0.8, patience=40, epochs=300,
                       val_fraction=0.0, calibrate_folds=5),
-        # Stop 20: the temperature by the Brier score (trainer.temperature): NLL-fitted, this averaged
-        # head's out-of-fold ECE(15) rose 0.089 -> 0.122 / 0.079 -> 0.123 (seeds 0 / 1); Brier-fitted it
-        # fell to 0.039 / 0.049, and to 0.044 / 0.046 on folds the temperature was not fitted on.
         30.0: RuleRow(limit=30.0, pool=3, n_pool=3, shift_factor=1.0, p_shift=0.8, patience=40, epochs=300,
-                      val_fraction=0.0, calibrate_folds=5, min_train_shift=20.0, average=(1.0, 0.5),
-                      calibrate_objective="brier"),
+                      val_fraction=0.0, calibrate_folds=5, min_train_shift=20.0, average=(1.0, 0.5)),
     },
 }
 #: Smallest training shift range (cm⁻¹).  Stop 16: ±10 on 80 % of the spectra, with the shipped
@@ -168,7 +158,7 @@ MIN_TRAIN_SHIFT = 10.0
 MAX_TOLERANCE = TOLERANCE_RULE[-1].limit
 #: Options the rule sets (the CLI keeps those given explicitly).
 RULE_OPTIONS = ("arch", "pool", "n_pool", "max_shift", "p_shift", "patience", "epochs", "val_fraction",
-                "calibrate_folds", "shift_average", "calibrate_objective")
+                "calibrate_folds", "shift_average")
 
 
 #: Test-time averaging windows (``--shift-average``, :mod:`trainer.shift_average`; torch-free here so
@@ -243,7 +233,7 @@ def tolerance_settings(cm: float, arch: str | None = None) -> ToleranceSettings:
     return ToleranceSettings(tolerance=cm, arch=arch, pool=row.pool, n_pool=row.n_pool, max_shift=max_shift,
                              p_shift=row.p_shift, patience=row.patience, epochs=row.epochs,
                              val_fraction=row.val_fraction, calibrate_folds=row.calibrate_folds,
-                             shift_average=window, calibrate_objective=row.calibrate_objective)
+                             shift_average=window)
 
 
 def _network_chosen(config: TrainConfig, keep: set[str]) -> bool:
