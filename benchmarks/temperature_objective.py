@@ -34,6 +34,7 @@ from typing import Any
 
 import click
 import numpy as np
+from scipy.special import log_softmax
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -79,9 +80,7 @@ def score(kept: dict[str, np.ndarray]) -> dict[str, Any]:
     z = {f: np.asarray(kept[f"fold{f}_logits"], dtype=np.float64) for f in folds}
     y = {f: np.asarray(kept[f"fold{f}_y"]) for f in folds}
     all_z, all_y = np.concatenate([z[f] for f in folds]), np.concatenate([y[f] for f in folds])
-    rows = np.arange(all_y.size)
-    nll_each = -(all_z - all_z.max(1, keepdims=True)
-                 - np.log(np.exp(all_z - all_z.max(1, keepdims=True)).sum(1, keepdims=True)))[rows, all_y]
+    nll_each = -log_softmax(all_z, axis=1)[np.arange(all_y.size), all_y]
     worst = max(1, int(round(0.03 * all_y.size)))
     out: dict[str, Any] = {"spectra": int(all_y.size), "folds": len(folds),
                            "nll_share_of_worst_3pct": float(np.sort(nll_each)[-worst:].sum() / nll_each.sum()),

@@ -40,6 +40,10 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+#: How cnn-lstm's dense layers read the LSTM's outputs (trainer.cnn_lstm; here so the registry stays torch-free).
+CNN_LSTM_SUMMARIES = ("flatten", "last", "mean", "max")
+
+
 @dataclass(frozen=True)
 class Param:
     """One architecture option: its default (which also fixes its type), limits and help.
@@ -224,7 +228,7 @@ ARCHS: dict[str, ArchSpec] = {
                      "bidirectional": Param(False, "run the LSTM both ways"),
                      "summary": Param("flatten", "what the dense layers read of the LSTM: flatten (every step's "
                                                  "output; keeps band positions), last, mean or max",
-                                      choices=("flatten", "last", "mean", "max")),
+                                      choices=CNN_LSTM_SUMMARIES),
                      "batch_norm": Param(True, "batch-norm after every convolution"),
                      "dense": Param((128,), "dense layers after the LSTM (last = feature size)", minimum=1),
                      "dropout": Param(0.5, "dropout after each dense layer", **_DROPOUT),

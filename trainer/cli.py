@@ -215,8 +215,9 @@ def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
         if "calibration" in m:
             c = m["calibration"]
             where = f"out-of-fold ({c['folds']}-fold)" if c.get("folds") else "validation"
-            click.echo(f"temperature {c['temperature']:.3f} ({c.get('objective', 'nll')}): {where} ECE(15) {c['ece_before']:.3f} -> "
-                       f"{c['ece_after']:.3f}, mean margin {c['mean_margin_before']:.3f} -> {c['mean_margin_after']:.3f}")
+            click.echo(f"temperature {c['temperature']:.3f} ({c.get('objective', 'nll')}): {where} ECE(15) "
+                       f"{c['ece_before']:.3f} -> {c['ece_after']:.3f}, mean margin {c['mean_margin_before']:.3f} -> "
+                       f"{c['mean_margin_after']:.3f}")
 
 
 def _check_semi(options: dict[str, Any]) -> None:

@@ -34,12 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .archs import CNN_LSTM_SUMMARIES as SUMMARIES
 from .layers import BatchNorm1d, Classifier, check_length, conv_length, dense_stack, pool_length
 
 log = logging.getLogger(__name__)
-
-#: How the LSTM's outputs become one vector (see the module docstring).
-SUMMARIES = ("flatten", "last", "mean", "max")
 
 
 class CNNLSTMBackbone(nn.Module):
