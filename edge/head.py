@@ -347,29 +347,6 @@ def fit_softmax_head(features: np.ndarray, labels: np.ndarray, n_classes: int, *
     return w_raw.astype(np.float32), b_raw.astype(np.float32)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """Temperature T minimising the NLL of held-out ``labels`` under ``softmax(logits / T)`` (1.0 if none).
-
-    The same rule as ``trainer.temperature.fit_temperature`` (Guo et al. 2017), here so
-    the edge needs no trainer import.
-    """
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
-
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if y.size == 0:
-        return 1.0
-    rows = np.arange(y.size)
-    lo, hi = np.log(bounds[0]), np.log(bounds[1])
-    res = minimize_scalar(lambda lt: float(-log_softmax(z * np.exp(-lt), axis=1)[rows, y].mean()),
-                          bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
-    if min(abs(res.x - lo), abs(res.x - hi)) < 1e-3:
-        log.warning("fitted temperature %.3g is at the search bound %s (%d held-out spectra, top-1 %.2f): "
-                    "weakly determined", float(np.exp(res.x)), bounds, y.size, float((z.argmax(1) == y).mean()))
-    return float(np.exp(res.x))
-
-
 # --------------------------------------------------------------------------- features
 
 def extract_features(bundle: Bundle, spectra: np.ndarray, axis: np.ndarray, *, where: list[str] | None = None,
@@ -793,6 +770,8 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
                 # find its search bound and make the whole head (old classes too) overconfident
                 t_source = f"default (all {hy.size} held-out new spectra correct: T is not determined)"
             else:
+                from .temperature import fit_temperature  # scipy: only when a head is fitted
+
                 temperature = fit_temperature(hl, hy)
                 t_source = f"fitted on {hy.size} held-out new spectra ({n_folds}-fold cross-fitting)"
         else:
@@ -944,7 +923,7 @@ def add_support(bundle: str | Path | Bundle, data: str | Path | Dataset, out: st
 
 
 __all__ = ["linear_head_onnx", "shift_mean_head_onnx", "head_copies", "head_logits", "read_linear_head", "HEAD_OPSET",
-           "fit_softmax_head", "fit_temperature",
+           "fit_softmax_head",
            "extract_features", "Support", "load_support", "support_from_features", "add_head", "add_support",
            "synthesize_support",
            "herding", "DEFAULT_L2", "DEFAULT_EXEMPLARS", "SUPPORT_PART", "SUPPORT_FILE"]

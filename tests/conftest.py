@@ -119,3 +119,24 @@ def make_test_bundle(out: Path, minerals: list[str] | None = None, feature_size:
 @pytest.fixture(scope="session")
 def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_test_bundle(tmp_path_factory.mktemp("bundle") / "template")
+
+
+def calibrated_logits(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a perfectly calibrated model: labels are drawn from softmax(logits)."""
+    from edge.classifier import softmax
+
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 2.0, (n, k))
+    p = softmax(z)
+    y = (rng.random((n, 1)) > np.cumsum(p, axis=1)).sum(axis=1)
+    return z, np.minimum(y, k - 1)
+
+
+def underconfident_with_misses(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An under-confident model (the right T is 0.5) with 3 % confidently wrong spectra (true class 25
+    logits below the top): the shape of the ±30 recipe's out-of-fold logits (BENCHMARKS.md, stop 20)."""
+    z, y = calibrated_logits(n, k, seed)
+    z = 0.5 * z
+    bad = np.arange(0, y.size, 33)
+    z[bad, y[bad]] = z[bad].max(axis=1) - 25.0
+    return z, y

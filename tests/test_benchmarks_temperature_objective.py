@@ -3,17 +3,13 @@ import numpy as np
 from click.testing import CliRunner
 
 from benchmarks.temperature_objective import main, score, table
-from edge.classifier import softmax
+
+from .conftest import underconfident_with_misses
 
 
 def _folds(seed: int = 0, folds: int = 5, n: int = 400, k: int = 10) -> dict:
-    """Under-confident logits (right T = 0.5) with 3 % confidently wrong spectra, split into folds."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(0.0, 2.0, (n * folds, k))
-    y = np.minimum((rng.random((z.shape[0], 1)) > np.cumsum(softmax(z), axis=1)).sum(axis=1), k - 1)
-    z = 0.5 * z
-    bad = np.arange(0, y.size, 33)
-    z[bad, y[bad]] = z[bad].max(axis=1) - 25.0
+    """:func:`underconfident_with_misses` logits, split into folds."""
+    z, y = underconfident_with_misses(n * folds, k, seed)
     return {**{f"fold{f + 1}_logits": z[f::folds] for f in range(folds)},
             **{f"fold{f + 1}_y": y[f::folds] for f in range(folds)}}
 

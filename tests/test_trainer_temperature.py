@@ -12,14 +12,7 @@ from edge.bundle import load_bundle, write_bundle
 from edge.classifier import Classifier, softmax
 from trainer.temperature import calibrate, confidence_summary, fit_temperature, temperature_brier, temperature_nll
 
-
-def calibrated_logits(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of a perfectly calibrated model: labels are drawn from softmax(logits)."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(0.0, 2.0, (n, k))
-    p = softmax(z)
-    y = (rng.random((n, 1)) > np.cumsum(p, axis=1)).sum(axis=1)
-    return z, np.minimum(y, k - 1)
+from .conftest import calibrated_logits, underconfident_with_misses
 
 
 @pytest.mark.parametrize("true_t", [3.0, 0.5])
@@ -45,10 +38,7 @@ def test_brier_is_not_steered_by_a_few_confident_misses() -> None:
     The misses' NLL is huge, so the NLL fit softens the model further and ECE rises; the
     Brier fit sharpens it and ECE falls.  Measured on real out-of-fold logits: BENCHMARKS.md, stop 20.
     """
-    z, y = calibrated_logits(3000, 10, seed=4)
-    z = 0.5 * z                                    # under-confident: the right T is 0.5
-    bad = np.arange(0, y.size, 33)                 # 3 %: the true class ~25 logits below the top
-    z[bad, y[bad]] = z[bad].max(axis=1) - 25.0
+    z, y = underconfident_with_misses(3000, 10, seed=4)
     t_nll, t_brier = fit_temperature(z, y), fit_temperature(z, y, objective="brier")
     assert t_nll > 1.0 > t_brier
     ece = {t: confidence_summary(z, y, t)["ece"] for t in (1.0, t_nll, t_brier)}

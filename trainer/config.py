@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from calibration.errors import ConfigError
+from edge.temperature import OBJECTIVES
 
 from .archs import LIU_MAX_N_POOL, get_arch
 from .augment import AugmentConfig
@@ -29,8 +30,8 @@ SEMI_METHODS = ("sgan", "contrastive")
 MAX_ENSEMBLE = 8
 #: Starts of the contrastive method's linear head (SemiConfig.head_init).
 HEAD_INITS = ("prototypes", "random")
-#: What the softmax temperature minimises (trainer.temperature; ``--calibrate-objective``).
-CALIBRATE_OBJECTIVES = ("nll", "brier")
+#: What the softmax temperature minimises (edge.temperature; ``--calibrate-objective``).
+CALIBRATE_OBJECTIVES = OBJECTIVES
 
 
 @dataclass
