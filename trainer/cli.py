@@ -134,8 +134,8 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
                    "range lo,hi (spike_height=0.1,1); names and ranges in docs/augmentation.md.")
 @click.option("--shift-tolerance", type=click.FloatRange(0.0, MAX_TOLERANCE), default=None, metavar="CM",
               help="Expected Raman-shift drift of the instrument (cm⁻¹, e.g. 5, 15, 30): chooses -m, -n, the "
-                   "shift augmentation, the training schedule, above 6 the fmcnn network and, above 15, "
-                   "test-time averaging (explicit --arch/-m/-n/--dense/--dropout/--param/--patience/--epochs/"
+                   "shift augmentation, the training schedule and, above 15, test-time averaging and the "
+                   "fmcnn network (explicit --arch/-m/-n/--dense/--dropout/--param/--patience/--epochs/"
                    "--val-fraction/--calibrate-folds/--shift-average/--aug max_shift,p_shift win) and records "
                    "it in the manifest. Rule and evidence: docs/augmentation.md.")
 @click.option("--shift-average", "shift_average", callback=_parse_window, default=None, metavar="W:STEP",
