@@ -39,13 +39,17 @@ def check_logits(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     return logits, y.astype(np.int64)
 
 
+def _mean_nll(logits: np.ndarray, y: np.ndarray, scale: float) -> float:
+    """Mean NLL of checked ``(logits, y)`` under ``softmax(logits * scale)`` (scale = 1 / T)."""
+    return float(-log_softmax(logits * scale, axis=1)[np.arange(y.size), y].mean())
+
+
 def temperature_nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
     """Mean negative log-likelihood of the labels ``y`` under ``softmax(logits / temperature)``."""
     logits, y = check_logits(logits, y)
     if y.size == 0:
         return float("nan")
-    logp = log_softmax(logits / float(temperature), axis=1)
-    return float(-logp[np.arange(y.size), y].mean())
+    return _mean_nll(logits, y, 1.0 / float(temperature))
 
 
 def temperature_brier(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
@@ -91,10 +95,9 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, bounds: tuple[float, floa
         raise ConfigError(f"temperature: objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if y.size == 0:
         return 1.0
-    rows = np.arange(y.size)
 
     def nll(log_t: float) -> float:
-        return float(-log_softmax(logits * np.exp(-log_t), axis=1)[rows, y].mean())
+        return _mean_nll(logits, y, float(np.exp(-log_t)))
 
     def brier(log_t: float) -> float:
         return temperature_brier(logits, y, float(np.exp(log_t)))
@@ -116,7 +119,6 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, bounds: tuple[float, floa
         log.warning("fitted temperature %.3g is at the search bound %s (%d spectra): the fit is weakly "
                     "determined", t, (lo, hi), y.size)
     return t
-
 
 
 __all__ = ["T_BOUNDS", "OBJECTIVES", "check_logits", "temperature_nll", "temperature_brier", "fit_temperature"]
