@@ -341,6 +341,9 @@ def train_sgan(dataset: Dataset, unlabeled: UnlabeledSet | list[UnlabeledSet] | 
     gen = Generator(pre.grid.size, sc.latent)
     y_train = torch.from_numpy(data.y_all[data.train_idx])
     weights = torch.tensor(class_weights(data.y_all[data.train_idx], len(data.classes)), dtype=torch.float32)
+    # No ReduceLROnPlateau as in supervised training: the supervised loss rises during the GAN's first
+    # epochs, the halvings came before anything was learnt (40 % labels: 0.46 top-1). SGAN learns its
+    # classifier late, so it wants the default 300 epochs (docs/semi_supervised.md, "Budget").
     opt_d = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(gen.parameters(), lr=sc.gen_lr, betas=(0.5, 0.999))
     augment = Augmenter(config.augment_config, np.random.default_rng(aug_ss)) if config.augment else None
