@@ -226,6 +226,14 @@ def test_counts_by_hand_compact():
     assert count_macs(model, 90, "head")["total"] == 5 * 3
 
 
+def test_compact_defaults_within_issue_budget():
+    """Issue 5's budget for our device network, at its defaults on the shipped grid and the Soysal
+    set's 63 minerals: at most 250 k parameters and 5 MFLOPs per spectrum."""
+    cost = cost_summary(build_model({"points": POINTS, "classes": 63}, "compact"), POINTS)
+    assert cost["parameters"] <= 250_000, cost
+    assert cost["flops"] <= 5_000_000, cost
+
+
 def test_counts_by_hand_lstm_and_recursion():
     m = build_model({"points": 33, "classes": 2, "filters": [3], "kernel": 2, "pool": 2, "hidden": 5,
                      "dense": [4]}, "cnn-lstm")
