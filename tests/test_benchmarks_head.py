@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.bundle import load_bundle
+
 from .conftest import ROOT, make_npz, shared_data
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -50,9 +52,11 @@ def test_head_latency_quick(tmp_path: Path) -> None:
         assert row["onnx_bytes"] > 0 and row["weight_bytes"] > 0 and isinstance(row["rss_delta_bytes"], int)
         assert {"preprocess", "backbone"} <= set(row["stages_p50_us"])
     by = {(row["path"], row["classes"], row["refs_per_class"]): row for row in res["rows"]}
-    # weights grow with the number of classes / references: 4 bytes per weight
-    assert by[("head", 100, None)]["weight_bytes"] == 100 * 65 * 4
-    assert by[("matcher", 10, 2)]["weight_bytes"] == 20 * 64 * 4
+    # weights grow with the number of classes / references: 4 bytes per weight (F + 1 with the bias)
+    f = res["bundle"]["feature_size"]
+    assert f == load_bundle().feature_size
+    assert by[("head", 100, None)]["weight_bytes"] == 100 * (f + 1) * 4
+    assert by[("matcher", 10, 2)]["weight_bytes"] == 20 * f * 4
     assert res["summary"]["head10_p50_ms"] == by[("head", 10, None)]["p50_ms"]
 
 

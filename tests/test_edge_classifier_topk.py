@@ -52,8 +52,11 @@ def test_in_graph_selection_is_used_and_agrees_with_numpy(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.normal(0, 0.5, (n_cls, base.feature_size)).astype(np.float32)
     w[10:20] = w[5]  # classes 5 and 10..19 tie exactly: lower index first, as the stable sort
+    x = rng.random((3, base.input_points), dtype=np.float32)
+    feats = base.backbone_session.run(["features"], {"spectrum": x})[0]
     b = np.zeros(n_cls, np.float32)
-    b[[5] + list(range(10, 20))] = 50.0  # ... and they win
+    # ... and they win, by more than any feature-driven logit (ReLU features are unbounded)
+    b[[5] + list(range(10, 20))] = 50.0 + 2 * float(np.abs(feats @ w.T).max())
     bundle = write_bundle(tmp_path / "m", backbone_onnx=base.backbone_path.read_bytes(),
                           head_onnx=linear_head_onnx(w, b), classes=[f"c{i}" for i in range(n_cls)],
                           preprocessing=base.manifest["preprocessing"], feature_size=base.feature_size,
@@ -62,7 +65,6 @@ def test_in_graph_selection_is_used_and_agrees_with_numpy(tmp_path):
     assert in_graph._selector is not None
     numpy_path = Classifier(bundle, top_k=4)
     numpy_path._selector = None
-    x = rng.random((3, bundle.input_points), dtype=np.float32)
     for p, q in zip(in_graph.classify(x), numpy_path.classify(x)):
         assert p.classes == q.classes == ("c5", "c10", "c11", "c12")
         np.testing.assert_allclose(p.probabilities, q.probabilities, rtol=1e-5)
