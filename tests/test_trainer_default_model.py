@@ -22,11 +22,17 @@ def test_default_bundle_is_small(bundle):
 
 
 def test_default_bundle_matches_train_defaults(bundle):
-    d = TrainConfig()
+    """The network is what the recorded tolerance's band trains, at that network's CLI defaults."""
+    from trainer.archs import get_arch
+    from trainer.tolerance import apply_shift_tolerance
+
+    d = apply_shift_tolerance(TrainConfig(), bundle.manifest["training"]["config"]["shift_tolerance"]).check()
     arch = bundle.manifest["architecture"]
     assert arch["name"] == d.arch
-    assert (arch["params"]["pool"], arch["params"]["n_pool"], arch["params"]["dense"]) == (d.pool, d.n_pool, d.dense)
-    assert bundle.feature_size == d.dense
+    expected = {"points": bundle.preprocessor.grid.size, "classes": len(bundle.classes), **d.arch_params()}
+    assert {k: arch["params"][k] for k in expected} == {k: list(v) if isinstance(v, tuple) else v
+                                                        for k, v in expected.items()}
+    assert bundle.feature_size == get_arch(d.arch).defaults()["dense"]
     t = bundle.manifest["training"]
     for key in ("command", "seed", "versions", "epochs_run", "metrics", "data"):
         assert key in t

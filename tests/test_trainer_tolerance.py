@@ -39,7 +39,7 @@ def documented_rule() -> dict[tuple[float, str], tuple]:
 
 def test_rule_matches_the_documentation():
     rows = documented_rule()
-    assert {(5.0, "liu"), (15.0, "liu"), (30.0, "fmcnn"), (30.0, "liu")} <= set(rows)
+    assert {(5.0, "compact"), (5.0, "liu"), (15.0, "liu"), (30.0, "fmcnn"), (30.0, "liu")} <= set(rows)
     for (cm, arch), row in rows.items():
         s = tolerance_settings(cm, arch)
         assert (s.pool, s.n_pool, s.max_shift, s.p_shift, s.patience, s.epochs, s.val_fraction,

@@ -198,7 +198,8 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
     dataset : Dataset
         Raw spectra (any ascending Raman-shift axis the preprocessing can resample).
     config : TrainConfig, optional
-        Options; defaults are the shipped model's.
+        Options (default :class:`TrainConfig`; the shipped model's recipe is ``--shift-tolerance 5``,
+        :mod:`trainer.tolerance`).
     preprocessing : dict, optional
         Preprocessing spec (default :data:`calibration.preprocess.DEFAULT_SPEC`).
     on_epoch : callable, optional
