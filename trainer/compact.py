@@ -29,8 +29,9 @@ Why each part:
   (liu's choice) scored higher, 0.859 / 0.853 / 0.873 on seeds 0-2 (mean 0.862), and keeps
   8-bit heads more faithful (ReLU features reach 58, 76 % of them zero), but its
   out-of-fold ECE(15) after the Brier temperature was 0.052 (0.058 held out; 0.048 at
-  T = 1), over issue 5's 0.05, where ReLU's is 0.036.  The default was to switch only if
-  the mean stayed within half a point and ECE ≤ 0.05 (BENCHMARKS.md, "Stop 23").
+  T = 1), over issue 5's 0.05, where ReLU's is 0.036.  The rule, set before seeds 1 and 2
+  ran, was to switch only if the mean stayed within half a point and ECE ≤ 0.05
+  (BENCHMARKS.md, "Stop 23").
 
 BatchNorm folds into the convolutions at export (eval mode).  Every part is an
 option (``--param``); ``reduce=0`` drops the flatten, ``global_pool=false`` the
