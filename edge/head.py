@@ -437,7 +437,8 @@ class Support:
             buf, format=np.str_(SUPPORT_FORMAT), version=np.int64(SUPPORT_VERSION),
             classes=np.asarray(self.classes, dtype=np.str_), counts=self.counts.astype(np.int64),
             mean=self.mean.astype(np.float32), var=self.var.astype(np.float32),
-            # float16 halves the uplink; the tanh features of the trainer's backbones are in [-1, 1]
+            # float16 halves the uplink; its ~3 significant digits hold any feature scale (liu's tanh
+            # features lie in [-1, 1], compact's ReLU features reach ~60)
             exemplars=self.exemplars.astype(np.float16), exemplar_labels=self.exemplar_labels.astype(np.int32),
             backbone_sha256=np.str_(self.backbone_sha256), meta=np.str_(json.dumps(self.meta, sort_keys=True)))
         return buf.getvalue()
@@ -833,8 +834,8 @@ def synthesize_support(bundle: Bundle, features: np.ndarray, *, per_class: int =
 
     For each class, ``per_class`` feature vectors are found by maximising the head's
     log-probability of that class, minus ``lam/2 * ||f - f0||^2``, within the box of feature
-    values seen in ``features`` (the new spectra's; for the trainer's tanh features about
-    [-1, 1]), each started from a randomly chosen row ``f0`` of ``features``.  The vectors are
+    values seen in ``features`` (the new spectra's; for liu's tanh features about [-1, 1], for
+    compact's ReLU features [0, ~60]), each started from a randomly chosen row ``f0`` of ``features``.  The vectors are
     classified as their class by the old head by construction; they are not real spectra's
     features, so the old classes lose more accuracy than with a real support part (measured in
     docs/heads.md) but do not collapse.
