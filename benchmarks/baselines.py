@@ -9,8 +9,8 @@ go through exactly the path unshifted ones do.
 Baselines of Soysal et al. (2025)
 ---------------------------------
 * **Peak features** (§3): peaks found with ``scipy.signal.find_peaks_cwt`` (Ricker
-  wavelet — scipy's default — at widths 10 and 20 cm⁻¹, other arguments at their
-  defaults), counted in 12 cm⁻¹ bins from the first axis point: 200–1591 cm⁻¹
+  wavelet at widths 10 and 20 cm⁻¹, other arguments at their defaults; the wavelet
+  is sampled on an odd, centred grid, see :func:`centred_ricker`), counted in 12 cm⁻¹ bins from the first axis point: 200–1591 cm⁻¹
   gives 116 counts per spectrum (Sang's 30–1599 cm⁻¹ gives 131).  Widths are in
   cm⁻¹ and converted to samples with the axis step (1 cm⁻¹ in all our data).
   ``knn-peaks``: ``KNeighborsClassifier(n_neighbors=1)`` (Euclidean);
@@ -91,13 +91,33 @@ def peak_bin_count(wavenumbers: np.ndarray, bin_width: float = PEAK_BIN) -> int:
     return int(np.ceil(span / bin_width - 1e-9))
 
 
+def centred_ricker(points: int, a: float) -> np.ndarray:
+    """The Ricker (Mexican-hat) wavelet of width ``a`` samples on an odd number of points.
+
+    scipy's own Ricker is sampled on ``points`` = 10 × width points, an even number
+    for integer widths, so its centre falls between two samples and the
+    ``mode='same'`` convolution in ``find_peaks_cwt`` shifts every row by half a
+    sample.  A symmetric band centred on a grid point then becomes a two-sample
+    plateau whose equal halves differ only by rounding, and the strict relative
+    maximum that builds ridge lines finds it or not depending on which convolution
+    method scipy picks (direct or FFT, chosen by size heuristics that change
+    between releases).  One more point puts the centre on a sample: the band's
+    maximum is one sample, found the same way on every scipy version.
+    """
+    n = int(points) | 1
+    x = np.arange(n) - (n - 1) / 2.0
+    amp = 2.0 / (np.sqrt(3.0 * a) * np.pi ** 0.25)
+    return amp * (1.0 - (x / a) ** 2) * np.exp(-(x ** 2) / (2.0 * a * a))
+
+
 def peak_positions(spectrum: np.ndarray, wavenumbers: np.ndarray,
                    widths: tuple[float, ...] = PEAK_WIDTHS) -> np.ndarray:
     """Peak positions (cm⁻¹) by ``scipy.signal.find_peaks_cwt`` with Ricker widths in cm⁻¹."""
     from scipy.signal import find_peaks_cwt
 
     step = _axis_step(wavenumbers)
-    idx = find_peaks_cwt(np.asarray(spectrum, dtype=np.float64), np.asarray(widths, dtype=np.float64) / step)
+    idx = find_peaks_cwt(np.asarray(spectrum, dtype=np.float64), np.asarray(widths, dtype=np.float64) / step,
+                         wavelet=centred_ricker)
     return np.asarray(wavenumbers, dtype=np.float64)[np.asarray(idx, dtype=int)]
 
 

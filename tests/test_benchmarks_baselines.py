@@ -17,7 +17,7 @@ from .conftest import ROOT, lorentz
 
 pytest.importorskip("sklearn")
 
-from benchmarks.baselines import (BASELINES, CNNSpec, PeakCounter, evaluate, minmax,  # noqa: E402
+from benchmarks.baselines import (BASELINES, CNNSpec, PeakCounter, centred_ricker, evaluate, minmax,  # noqa: E402
                                   nearest_class_scores, peak_bin_count, peak_features, peak_positions)
 
 SOYSAL_AXIS = np.arange(200.0, 1592.0, 1.0)
@@ -58,6 +58,26 @@ def test_widths_follow_the_axis_step():
     f = peak_features(y[None, :], axis2)[0]
     inner = f[4:-4]  # the wavelet transform's edge artefacts live in the end bins
     assert inner.sum() == 1 and f[int((800 - 200) // 12)] == 1
+
+
+@pytest.mark.parametrize("method", ["direct", "fft"])
+@pytest.mark.parametrize("step", [0.5, 1.0, 2.0])
+def test_ricker_puts_a_centred_band_on_one_sample(step, method):
+    """The wavelet response to a band centred on a grid point peaks on that point, strictly.
+
+    An even-length wavelet splits it into two samples equal up to rounding, and whether
+    a strict relative maximum exists then depends on the convolution method.
+    """
+    from scipy.signal import convolve
+
+    axis = np.arange(200.0, 1592.0, step)
+    y = lorentz(axis, [(800.0, 1.0, 10.0)])
+    width = 10.0 / step
+    w = centred_ricker(int(10 * width), width)
+    assert w.size % 2 == 1 and np.argmax(w) == w.size // 2
+    r = convolve(y, w[::-1], mode="same", method=method)
+    i = int(np.argmax(r))
+    assert axis[i] == 800.0 and r[i] > r[i - 1] and r[i] > r[i + 1]
 
 
 def test_peak_counter_caches_by_content():
