@@ -7,15 +7,18 @@ versioned JSON file whose id is logged with every result.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import CalibrationError, SpectrumError
+from .errors import CalibrationError, ConfigError, SpectrumError
 from .spectrum import Spectrum
 
 CALIBRATION_FORMAT = "raman-edge.calibration"
@@ -27,6 +30,27 @@ READABLE_VERSIONS = (1, 2)
 #: A shift-axis correction (:class:`ShiftCorrection`) is written as version 3, a
 #: version older daemons refuse by name rather than misread as a pixel calibration.
 SHIFT_CORRECTION_VERSION = 3
+
+#: Largest difference (nm) between the laser a calibration was made for and the laser
+#: a spectrum was measured with that still counts as the same laser: it allows a
+#: nominal 785 against a measured 785.04, and refuses 780 against 785 or 514 against 532.
+LASER_TOLERANCE_NM = 3.0
+#: Raman shifts (cm⁻¹) a Stokes Raman axis plausibly covers.  A lamp fit whose axis lies
+#: mostly outside this window was made with the wrong laser wavelength.
+PLAUSIBLE_SHIFT_CM1 = (-200.0, 4500.0)
+
+
+class CalibrationFileError(CalibrationError, ConfigError):
+    """A calibration file that cannot be loaded (missing, not JSON, not a calibration): exit status 2."""
+
+
+class CalibrationMismatchError(CalibrationError, ConfigError):
+    """A calibration that does not fit the data it is applied to (wrong axis kind or laser).
+
+    A :class:`CalibrationError`, so the pipeline turns it into an unreadable-priority
+    row for one spectrum, and a :class:`ConfigError` (exit status 2), because the
+    remedy is a different calibration file, not a restart.
+    """
 
 
 def wavelength_to_shift(wavelength_nm: np.ndarray, laser_nm: float) -> np.ndarray:
@@ -92,6 +116,8 @@ class AxisCalibration:
     instrument: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     wavelengths_in_air: bool = False
+    #: The file it was loaded from (for messages; not part of its identity).
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         poly = tuple(float(c) for c in self.wavelength_poly)
@@ -197,11 +223,70 @@ class AxisCalibration:
             raise CalibrationError(f"{where}: {e}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the JSON file atomically (a crash leaves the old file or the new one); ``OSError`` on failure."""
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "AxisCalibration":
-        return cls.from_dict(_read_json(path), where=str(path))
+        """Read a calibration file; :class:`CalibrationFileError` (exit status 2) names it when it cannot."""
+        with _as_file_error():
+            return replace(cls.from_dict(_read_json(path), where=str(path)), origin=str(path))
+
+    # -- fit to data -------------------------------------------------------------
+    @property
+    def nominal_laser_nm(self) -> float:
+        """The laser it was made for: the nominal one a standard refined it from, else :attr:`laser_nm`."""
+        return _nominal(self.provenance, self.laser_nm)
+
+    def describe(self) -> str:
+        """``"calibration FILE (cal-…: pixel axis, 2048 px, 532 nm)"`` for messages."""
+        return _described(self.origin, self.id, f"pixel axis, {self.pixels} px, {self.nominal_laser_nm:g} nm")
+
+
+@contextlib.contextmanager
+def _as_file_error() -> Iterator[None]:
+    """Re-raise a calibration problem met while loading a file as :class:`CalibrationFileError`."""
+    try:
+        yield
+    except CalibrationFileError:
+        raise
+    except CalibrationError as e:
+        raise CalibrationFileError(str(e)) from None
+
+
+def _described(origin: str | None, cal_id: str, what: str) -> str:
+    return f"calibration {origin} ({cal_id}: {what})" if origin else f"calibration {cal_id} ({what})"
+
+
+def _nominal(provenance: dict[str, Any], laser_nm: float) -> float:
+    ref = provenance.get("refinement") if isinstance(provenance, dict) else None
+    nominal = ref.get("laser_nm_nominal") if isinstance(ref, dict) else None
+    try:
+        return float(nominal) if nominal is not None else float(laser_nm)
+    except (TypeError, ValueError):
+        return float(laser_nm)
+
+
+def write_json_atomic(path: str | Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as JSON to ``path`` through a temporary file in the same folder and a rename.
+
+    Raises
+    ------
+    OSError
+        When the folder is missing or not writable, or the disk is full (the target is untouched).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from the daemon's user
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(doc, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _check_format(d: Any, where: str) -> None:
@@ -244,6 +329,8 @@ class ShiftCorrection:
     wavelength_offset_nm: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
     instrument: str = ""
+    #: The file it was loaded from (for messages; not part of its identity).
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     KIND = "shift_correction"
 
@@ -301,11 +388,23 @@ class ShiftCorrection:
             raise CalibrationError(f"{where}: {e}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the JSON file atomically (a crash leaves the old file or the new one); ``OSError`` on failure."""
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "ShiftCorrection":
-        return cls.from_dict(_read_json(path), where=str(path))
+        """Read a shift-correction file; :class:`CalibrationFileError` (exit status 2) names it when it cannot."""
+        with _as_file_error():
+            return replace(cls.from_dict(_read_json(path), where=str(path)), origin=str(path))
+
+    @property
+    def nominal_laser_nm(self) -> float:
+        """The laser of the spectra it corrects (the instrument's nominal one)."""
+        return self.laser_nm_nominal
+
+    def describe(self) -> str:
+        """``"calibration FILE (shc-…: Raman-shift correction, 785 nm)"`` for messages."""
+        return _described(self.origin, self.id, f"Raman-shift correction, {self.laser_nm_nominal:g} nm")
 
 
 def load_calibration(path: str | Path) -> "AxisCalibration | ShiftCorrection":
@@ -313,17 +412,84 @@ def load_calibration(path: str | Path) -> "AxisCalibration | ShiftCorrection":
 
     Raises
     ------
-    CalibrationError
-        Unreadable, not JSON, or not a calibration this build reads (the message names the file).
+    CalibrationFileError
+        Unreadable, not JSON, or not a calibration this build reads (the message names the file);
+        a :class:`ConfigError` (exit status 2): the remedy is another file, not a restart.
     """
-    d = _read_json(path)
-    if isinstance(d, dict) and d.get("kind") == ShiftCorrection.KIND:
-        return ShiftCorrection.from_dict(d, where=str(path))
-    return AxisCalibration.from_dict(d, where=str(path))
+    with _as_file_error():
+        d = _read_json(path)
+        if isinstance(d, dict) and d.get("kind") == ShiftCorrection.KIND:
+            cal: AxisCalibration | ShiftCorrection = ShiftCorrection.from_dict(d, where=str(path))
+        else:
+            cal = AxisCalibration.from_dict(d, where=str(path))
+    return replace(cal, origin=str(path))
+
+
+def fit_problem(calibration: "AxisCalibration | ShiftCorrection", unit: str | None,
+                laser_nm: float | None) -> str | None:
+    """Why ``calibration`` cannot apply to data on a ``unit`` axis measured with ``laser_nm``, or ``None``.
+
+    Parameters
+    ----------
+    calibration : AxisCalibration or ShiftCorrection
+    unit : str or None
+        The data's axis unit (:data:`calibration.spectrum.AXIS_UNITS`); ``None`` when unknown.
+    laser_nm : float or None
+        The laser the data was measured with; ``None`` when unknown (then only the unit is checked).
+
+    Returns
+    -------
+    str or None
+        A sentence naming the calibration, the data's unit or laser, and what would fit.
+    """
+    what = calibration.describe()
+    if isinstance(calibration, AxisCalibration) and unit == "raman_shift":
+        # A pixel calibration cannot say anything about an axis already converted by the instrument.
+        return (f"{what} maps detector pixels to Raman shift, but this spectrum is already on a Raman-shift axis; "
+                "use a shift-axis correction (raman-edge calibrate --standard ... without --lamp) or no calibration")
+    if laser_nm is not None and np.isfinite(laser_nm):
+        if abs(float(laser_nm) - calibration.nominal_laser_nm) > LASER_TOLERANCE_NM:
+            return (f"{what} was made for a {calibration.nominal_laser_nm:g} nm laser, but this spectrum was "
+                    f"measured at {float(laser_nm):g} nm (more than {LASER_TOLERANCE_NM:g} nm apart)")
+    return None
+
+
+def spectrum_laser_nm(spectrum: Spectrum, *extra: Any) -> float | None:
+    """The laser a spectrum was measured with, from its metadata or ``extra`` sources, else ``None``.
+
+    ``extra`` may hold dicts (``{"laser_nm": ...}``, e.g. an acquisition's meta) and
+    :class:`AxisCalibration` objects the instrument reported; the first known value wins.
+    """
+    for src in (spectrum.meta, *extra):
+        value = src.get("laser_nm") if isinstance(src, dict) else getattr(src, "laser_nm", None)
+        try:
+            if value is not None and np.isfinite(float(value)) and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def implausible_axis(calibration: AxisCalibration) -> str | None:
+    """Why a lamp-fitted calibration's Raman axis is not physically plausible, or ``None``.
+
+    Implausible: less than half of the detector falls within :data:`PLAUSIBLE_SHIFT_CM1`,
+    which is what a laser wavelength that does not belong to the lamp file gives (a
+    1064 nm laser on a detector that sees 540-700 nm: an entirely negative axis).
+    """
+    shifts = calibration.raman_shift()
+    lo, hi = PLAUSIBLE_SHIFT_CM1
+    inside = float(np.mean((shifts >= lo) & (shifts <= hi)))
+    if inside >= 0.5:
+        return None
+    lam = calibration.wavelengths()
+    return (f"at a {calibration.laser_nm:g} nm laser the axis runs {shifts.min():.0f} to {shifts.max():.0f} cm-1 "
+            f"(detector {lam.min():.1f}-{lam.max():.1f} nm); only {inside:.0%} of it lies within the "
+            f"{lo:g} to {hi:g} cm-1 a Raman spectrum covers, so the laser wavelength does not belong to this detector")
 
 
 def to_shift_axis(spectrum: Spectrum, calibration: "AxisCalibration | ShiftCorrection | None",
-                  instrument: "AxisCalibration | None" = None
+                  instrument: "AxisCalibration | None" = None, laser_nm: float | None = None,
                   ) -> tuple[Spectrum, list["AxisCalibration | ShiftCorrection"]]:
     """``spectrum`` on a calibrated Raman-shift axis, and the id of what calibrated it.
 
@@ -338,6 +504,9 @@ def to_shift_axis(spectrum: Spectrum, calibration: "AxisCalibration | ShiftCorre
     instrument : AxisCalibration, optional
         The calibration the instrument reported with the spectrum: used for a pixel
         axis when the configured one is a shift correction (or absent).
+    laser_nm : float, optional
+        The laser the spectrum was measured with; default: ``spectrum.meta["laser_nm"]``,
+        else the instrument calibration's.
 
     Returns
     -------
@@ -347,11 +516,20 @@ def to_shift_axis(spectrum: Spectrum, calibration: "AxisCalibration | ShiftCorre
 
     Raises
     ------
+    CalibrationMismatchError
+        The configured calibration does not fit the spectrum (:func:`fit_problem`):
+        a pixel calibration for a spectrum already on a Raman-shift axis, or one made
+        for another laser.  Never silently skipped: the result would be wrong.
     CalibrationError
         A pixel/wavelength spectrum and no axis calibration to put it on a shift axis.
     """
     applied: list[AxisCalibration | ShiftCorrection] = []
     s = spectrum
+    if calibration is not None:
+        laser = laser_nm if laser_nm is not None else spectrum_laser_nm(s, instrument)
+        problem = fit_problem(calibration, s.unit, laser)
+        if problem is not None:
+            raise CalibrationMismatchError(f"{s.where}: {problem}")
     pixel_cal = calibration if isinstance(calibration, AxisCalibration) else instrument
     if s.unit != "raman_shift":
         if pixel_cal is None:

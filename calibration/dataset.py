@@ -10,13 +10,20 @@ import hashlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .errors import ReaderError
 
 REQUIRED_KEYS = ("spectra", "labels", "wavenumbers")
+
+#: Largest total of uncompressed array data an ``.npz`` may hold (about 100,000
+#: spectra of 1,392 float32 points); checked from the archive's directory before
+#: any array is loaded.
+MAX_NPZ_BYTES = 512 * 1024 * 1024
+#: Most points per spectrum (the same bound as every text reader).
+MAX_POINTS = 65_536
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ def read_npz(path: str | Path, required: Sequence[str], where: str | None = None
     """
     path = Path(path)
     where = where or str(path)
+    _check_npz_size(path, where)
     try:
         z = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -95,6 +103,20 @@ def read_npz(path: str | Path, required: Sequence[str], where: str | None = None
             raise ReaderError(f"{where}: corrupt array data ({e})") from None
 
 
+def _check_npz_size(path: Path, where: str) -> None:
+    """Refuse an archive whose arrays would take more than :data:`MAX_NPZ_BYTES` once loaded."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+    except FileNotFoundError:
+        raise ReaderError(f"{where}: no such file") from None
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return  # not a readable zip: np.load below says so in its own words
+    if total > MAX_NPZ_BYTES:
+        raise ReaderError(f"{where}: arrays of {total / 2**20:.0f} MiB uncompressed, above the "
+                          f"{MAX_NPZ_BYTES / 2**20:g} MiB an .npz may hold; refused unread (split the dataset)")
+
+
 def load_dataset(path: str | Path, allow_nonfinite: bool = False) -> Dataset:
     """Load and validate a labelled ``.npz``; raise :class:`ReaderError` naming the problem.
 
@@ -113,6 +135,8 @@ def load_dataset(path: str | Path, allow_nonfinite: bool = False) -> Dataset:
     n, points = spectra.shape
     if n == 0:
         raise ReaderError(f"{path}: 'spectra' is empty")
+    if points > MAX_POINTS:
+        raise ReaderError(f"{path}: spectra of {points} points; at most {MAX_POINTS} are accepted")
     if wn.ndim != 1 or wn.size != points:
         raise ReaderError(f"{path}: 'wavenumbers' has shape {wn.shape}, expected ({points},) to match 'spectra'")
     if labels.shape != (n,):

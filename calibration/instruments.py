@@ -58,6 +58,17 @@ RAMAN_SHIFT_RANGE = (-2500.0, 5000.0)
 WAVELENGTH_RANGE_NM = (150.0, 1700.0)
 WAVELENGTH_MAX_SPAN_NM = 700.0
 
+#: Largest single-spectrum text export read, in bytes.  A spectrum of :data:`MAX_POINTS`
+#: points is about 3 MB of text even with four columns; parsing costs about 15 bytes of
+#: memory per byte of file, so this bounds a read to roughly 130 MB.
+MAX_TEXT_BYTES = 8 * 1024 * 1024
+#: Largest map export (many spectra in one text file, e.g. a Renishaw map) read, in
+#: bytes: about 800 positions of 1,000 points.  Larger maps must be exported in parts.
+MAX_MAP_BYTES = 32 * 1024 * 1024
+#: Most points one spectrum may have (every format): a longer one would become a
+#: results-log row no downlink budget can carry.
+MAX_POINTS = 65_536
+
 UNIT_WORDS = {"raman_shift": "Raman shift (cm-1)", "wavelength_nm": "wavelength (nm)", "pixel": "pixel index"}
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -78,8 +89,61 @@ class TextFile:
     encoding: str
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's bytes; a missing, folder or unreadable path is a :class:`ReaderError`."""
+def quote(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a one-line message: ``repr()`` (control characters escaped), cut to ``limit`` characters."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def check_size(path: Path, limit: int = MAX_TEXT_BYTES) -> None:
+    """Refuse a file larger than ``limit`` bytes before any of it is read.
+
+    Raises
+    ------
+    ReaderError
+        When the file is larger (or cannot be examined).
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ReaderError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ReaderError(f"{path}: cannot read ({e.strerror or e})") from None
+    if size > limit:
+        raise ReaderError(f"{path}: file is {size / 2**20:.1f} MiB, above the {limit / 2**20:g} MiB a spectrum file "
+                          "may have; refused unread (split it, or export fewer points)")
+
+
+def binary_reason(raw: bytes) -> str | None:
+    """Why ``raw`` is binary rather than a text export, or ``None`` when it looks like text.
+
+    Binary: a NUL byte (outside UTF-16 text), more than a few control characters other
+    than tab and line ends, or more invalid UTF-8 than the odd ``°``/``¹`` an ANSI
+    (Windows-1252) LabSpec header holds.
+    """
+    probe = raw[:65536]
+    nul = probe.find(b"\x00")
+    if nul >= 0:
+        return f"binary content (NUL byte at offset {nul})"
+    controls = sum(probe.count(bytes([c])) for c in _CONTROL_BYTES)
+    if controls > 8:
+        return f"binary content ({controls} control bytes in the first {len(probe)} bytes)"
+    bad = _invalid_utf8(probe)
+    if bad > max(16, len(probe) // 100):
+        return f"binary content ({bad} bytes of the first {len(probe)} are not UTF-8 text)"
+    return None
+
+
+_CONTROL_BYTES = tuple(c for c in range(32) if c not in (9, 10, 12, 13)) + (127,)
+
+
+def _invalid_utf8(raw: bytes) -> int:
+    """About how many invalid UTF-8 sequences ``raw`` holds (each becomes one replacement character)."""
+    return raw.decode("utf-8", errors="replace").count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+
+
+def read_bytes(path: Path, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The file's bytes; a missing, folder, unreadable or too large path is a :class:`ReaderError`."""
+    check_size(path, limit)
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -120,6 +184,9 @@ def decode_text(raw: bytes, path: Path) -> tuple[str, str]:
     if nul >= 0:
         line = len(_LINE_BREAK.split(raw[:nul].decode("latin-1")))
         raise ReaderError(f"{path}, line {line}: binary content (NUL byte at offset {nul}); not a text file")
+    why = binary_reason(raw)
+    if why is not None:
+        raise ReaderError(f"{path}: {why}; not a text spectrum file")
     try:
         return raw.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError:
@@ -130,10 +197,10 @@ def decode_text(raw: bytes, path: Path) -> tuple[str, str]:
         return raw.decode("latin-1"), "latin-1"
 
 
-def load_text(path: str | Path) -> TextFile:
-    """Read and decode ``path`` and split it into lines (any line ends)."""
+def load_text(path: str | Path, limit: int = MAX_TEXT_BYTES) -> TextFile:
+    """Read and decode ``path`` (at most ``limit`` bytes) and split it into lines (any line ends)."""
     path = Path(path)
-    text, encoding = decode_text(read_bytes(path), path)
+    text, encoding = decode_text(read_bytes(path, limit), path)
     return TextFile(path, _LINE_BREAK.split(text), encoding)
 
 
@@ -304,7 +371,7 @@ def parse_rows(
                 hint = "; the commas may be decimal commas, which a comma-separated file cannot use unambiguously"
             raise ReaderError(
                 f"{path}, line {no}: expected {ncols} columns ({', '.join(columns)}), found {len(tokens)} "
-                f"({fmt.describe()}): {line.strip()[:80]!r}{hint}"
+                f"({fmt.describe()}): {quote(line.strip())}{hint}"
             )
         row = []
         for tok, name in zip(tokens, columns):
@@ -316,7 +383,7 @@ def parse_rows(
                 elif fmt.decimal == "," and "." in tok:
                     hint = " (a '.' in a file that uses decimal commas)"
                 raise ReaderError(
-                    f"{path}, line {no}: {name} value {tok[:40]!r} is not a finite number{hint}: {line.strip()[:80]!r}"
+                    f"{path}, line {no}: {name} value {quote(tok, 40)} is not a finite number{hint}: {quote(line.strip())}"
                 )
             row.append(v)
         rows.append(row)
@@ -487,6 +554,12 @@ def ascending_merge(
     return uniq, merged, n_dup
 
 
+def check_points(n: int, path: Path | str, line: int) -> None:
+    """Refuse a spectrum of more than :data:`MAX_POINTS` points (a :class:`ReaderError` naming the file)."""
+    if n > MAX_POINTS:
+        raise ReaderError(f"{path}, line {line}: a spectrum of {n} points; at most {MAX_POINTS} are accepted")
+
+
 def base_meta(path: Path, fmt: str, encoding: str, header: dict[str, str], instrument: str | None) -> dict[str, Any]:
     """The normalised keys every instrument reader fills (``None`` where the file is silent)."""
     return {
@@ -519,6 +592,7 @@ def build_spectrum(
     names = list(extra or {})
     cols = np.vstack([intensities] + [extra[n] for n in names]) if names else intensities[None, :]
     axis, cols, n_dup = ascending_merge(axis, cols, line_nos, path)
+    check_points(axis.size, path, int(line_nos[-1]))
     if axis.size < MIN_POINTS:
         raise ReaderError(
             f"{path}, line {int(line_nos[-1])}: only {axis.size} distinct data points "

@@ -41,6 +41,7 @@ from .instruments import (
     head_lines,
     instrument_from_path,
     load_text,
+    quote,
     parse_number,
     parse_rows,
     resolve_unit,
@@ -167,7 +168,7 @@ def _header(lines: list[str], path: Path) -> tuple[int, list[str] | None]:
         if all(parse_number(t, numeric) is not None for t in numeric.split(s)):
             return i, None
         if len(fields) != 2 or not all(fields):
-            raise ReaderError(f"{path}, line {i + 1}: expected a two-column header like 'Pixel,Intensity', found {s[:80]!r}")
+            raise ReaderError(f"{path}, line {i + 1}: expected a two-column header like 'Pixel,Intensity', found {quote(s)}")
         return i + 1, fields
     raise ReaderError(f"{path}, line 1: empty file")
 

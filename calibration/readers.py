@@ -13,6 +13,13 @@ Instrument exports (registered at the end of this module; see their modules):
 LabSpec .txt), ``renishaw`` (:mod:`calibration.renishaw`, WiRE .txt, maps as a list),
 ``xy_csv`` (:mod:`calibration.openraman`, ``Pixel,Intensity`` CSVs).
 
+Bounds (refused with a :class:`~calibration.errors.ReaderError` before the file is loaded):
+a single-spectrum text export of more than :data:`MAX_TEXT_BYTES` (8 MiB), a Renishaw WiRE
+file (maps) of more than :data:`MAX_MAP_BYTES` (32 MiB), an ``.npz`` whose arrays exceed
+:data:`calibration.dataset.MAX_NPZ_BYTES` (512 MiB), and any spectrum of more than
+:data:`MAX_POINTS` (65,536) points.  Binary content is refused without being quoted;
+lines quoted in messages are ``repr()``-escaped and cut to 60 characters.
+
 More formats slot in with :func:`register_reader`: a *sniff* function that looks at the first bytes of a file
 and a *reader* that parses it.  Every failure is a :class:`~calibration.errors.ReaderError`
 whose message names the file and, for text formats, the line.
@@ -30,7 +37,17 @@ import numpy as np
 
 from .dataset import Dataset, load_dataset
 from .errors import ReaderError, SpectrumError
-from .instruments import ascending_merge, read_bytes
+from .instruments import (
+    MAX_MAP_BYTES,
+    MAX_POINTS,
+    MAX_TEXT_BYTES,
+    ascending_merge,
+    binary_reason,
+    check_points,
+    check_size,
+    quote,
+    read_bytes,
+)
 from .spectrum import Spectrum
 
 log = logging.getLogger(__name__)
@@ -63,6 +80,9 @@ def _decode_text(raw: bytes, path: Path) -> str:
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise ReaderError(f"{path}, line {line_of(nul)}: binary content (NUL byte at offset {nul}); not a text file")
+    why = binary_reason(raw)
+    if why is not None:
+        raise ReaderError(f"{path}: {why}; not a text spectrum file")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -211,6 +231,7 @@ def read_rruff(path: str | Path) -> Spectrum:
     axis = np.asarray(xs, dtype=np.float64)
     intensities = np.asarray(ys, dtype=np.float64)
     axis, intensities, n_dup = _ascending_unique(axis, intensities, line_nos, path)
+    check_points(axis.size, path, line_nos[-1])
     if axis.size < MIN_POINTS:
         raise ReaderError(
             f"{path}, line {line_nos[-1]}: only {axis.size} distinct data points "
@@ -233,16 +254,16 @@ def _parse_data_line(line: str, path: Path, no: int) -> tuple[float, float]:
     tokens, _ = _split_columns(line)
     if len(tokens) != 2:
         raise ReaderError(
-            f"{path}, line {no}: expected 2 columns (Raman shift, intensity), found {len(tokens)}: {line[:80]!r}"
+            f"{path}, line {no}: expected 2 columns (Raman shift, intensity), found {len(tokens)}: {quote(line)}"
         )
     values = []
     for tok in tokens:
         try:
             v = float(tok)
         except ValueError:
-            raise ReaderError(f"{path}, line {no}: non-numeric value {tok[:40]!r} in data line {line[:80]!r}") from None
+            raise ReaderError(f"{path}, line {no}: non-numeric value {quote(tok, 40)} in data line {quote(line)}") from None
         if not math.isfinite(v):
-            raise ReaderError(f"{path}, line {no}: NaN/inf value {tok!r} in data line {line[:80]!r}")
+            raise ReaderError(f"{path}, line {no}: NaN/inf value {quote(tok, 40)} in data line {quote(line)}")
         values.append(v)
     return values[0], values[1]
 
@@ -449,12 +470,20 @@ def read(path: str | Path) -> ReadResult:
         message lists the known ones), or its reader refuses it.
     """
     path = Path(path)
+    if not _head(path).startswith(b"PK\x03\x04"):
+        # No text format reads more than a map may hold: refuse a larger file before sniffing,
+        # whatever its first bytes; each reader then applies its own bound.
+        check_size(path, MAX_MAP_BYTES)
     fmt = sniff_format(path)
     if fmt is None:
         head = _head(path)
+        known = "; ".join(f.name for f in _FORMATS)
+        why = binary_reason(head)
+        if why is not None:  # never quote binary content: it is noise at best, terminal escapes at worst
+            raise ReaderError(f"{path}: {why}; not a spectrum file of any known format ({known})")
         first = next((ln.strip() for ln in head.decode("utf-8", errors="replace").splitlines() if ln.strip()), "")
-        known = "; ".join(f"{f.name}: {f.description}" for f in _FORMATS)
-        raise ReaderError(f"{path}: unknown spectrum file format (starts with {first[:60]!r}); known formats: {known}")
+        raise ReaderError(f"{path}: unknown spectrum file format (starts with {quote(first)}); known formats: {known} "
+                          "(see calibration.readers.formats())")
     log.debug("reading %s as %s", path, fmt.name)
     return fmt.reader(path)
 

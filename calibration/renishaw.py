@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import ReaderError
 from .instruments import (
+    MAX_MAP_BYTES,
     SpectrumMap,
     TextFile,
     base_meta,
@@ -42,6 +43,7 @@ from .instruments import (
     head_lines,
     load_text,
     parse_rows,
+    quote,
     resolve_unit,
 )
 from .spectrum import Spectrum
@@ -116,16 +118,17 @@ def _header(tf: TextFile) -> tuple[int, list[str]]:
         if not all(t.startswith("#") and len(t) > 1 for t in tokens) or "wave" not in lower or "intensity" not in lower:
             raise ReaderError(
                 f"{tf.path}, line {i + 1}: not a Renishaw WiRE export: expected a header like "
-                f"'#Wave  #Intensity' or '#X  #Y  #Wave  #Intensity', found {s[:80]!r}"
+                f"'#Wave  #Intensity' or '#X  #Y  #Wave  #Intensity', found {quote(s)}"
             )
         if len(set(lower)) != len(lower):
-            raise ReaderError(f"{tf.path}, line {i + 1}: repeated column names in header {s[:80]!r}")
+            raise ReaderError(f"{tf.path}, line {i + 1}: repeated column names in header {quote(s)}")
         return i, names
     raise ReaderError(f"{tf.path}, line 1: empty file")
 
 
 def _parse(path: Path, unit: str | None) -> tuple[list[Spectrum], np.ndarray, list[str], dict]:
-    tf = load_text(path)
+    # A WiRE file may be a map: it gets the larger map bound; each spectrum still the points bound.
+    tf = load_text(path, MAX_MAP_BYTES)
     hi, names = _header(tf)
     lower = [n.lower() for n in names]
     wi, ii = lower.index("wave"), lower.index("intensity")

@@ -43,6 +43,7 @@ from .instruments import (
     last_line_no,
     header_text,
     load_text,
+    quote,
     parse_number,
     parse_rows,
     resolve_unit,
@@ -130,7 +131,7 @@ def read_wasatch(
         key, _, value = s.partition(sep)
         key, value = key.strip(), value.strip()
         if not key:
-            raise ReaderError(f"{path}, line {i + 1}: metadata row without a key: {s[:80]!r}")
+            raise ReaderError(f"{path}, line {i + 1}: metadata row without a key: {quote(s)}")
         if key in header:
             repeats.setdefault(key, []).append(value)
         else:
@@ -153,6 +154,7 @@ def read_wasatch(
 
     fmt = detect_number_format(lines, no, path, delimiter=sep)
     values, line_nos = parse_rows(lines, no, path, fmt, columns, missing=_MISSING)
+    _check_complete(values.shape[0], header, path, int(line_nos[-1]))
     keep = ~(np.isnan(values[:, ax_col]) | np.isnan(values[:, in_col]))
     dropped = int((~keep).sum())
     if not keep.any():
@@ -190,6 +192,14 @@ def read_wasatch(
         meta["header_repeats"] = repeats
     extra = {c: values[:, k] for k, c in enumerate(columns) if k not in (ax_col, in_col)}
     return build_spectrum(values[:, ax_col], values[:, in_col], unit, meta, path, line_nos, extra)
+
+
+def _check_complete(rows: int, header: dict[str, str], path: Path, last_line: int) -> None:
+    """Refuse a file with fewer data rows than its ``Pixel Count`` (a truncated export, not a short spectrum)."""
+    count = _int_or_none(header_number(header, "Pixel Count"))
+    if count is not None and 0 < rows < count:
+        raise ReaderError(f"{path}, line {last_line}: truncated: {rows} data rows, but the header says "
+                          f"Pixel Count {count}")
 
 
 def _all_numeric(line: str, lines: list[str], path: Path) -> bool:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from calibration.axis import (AxisCalibration, ShiftCorrection, applied_id, load_calibration, shift_to_wavelength,
-                              to_shift_axis, wavelength_to_shift)
+from calibration.axis import (AxisCalibration, CalibrationMismatchError, ShiftCorrection, applied_id, load_calibration,
+                              shift_to_wavelength, to_shift_axis, wavelength_to_shift)
 from calibration.errors import CalibrationError, SpectrumError
 from calibration.spectrum import Spectrum
 from calibration.standards import raman_standard
@@ -67,8 +67,9 @@ def test_to_shift_axis_chains_pixel_calibration_then_correction():
         to_shift_axis(s, corr)  # a pixel axis and nothing to put it on a shift axis
     with pytest.raises(SpectrumError, match="needs a Raman-shift axis"):
         corr.apply(s)
-    r = Spectrum(np.ones(10), np.arange(10.0) + 500, unit="raman_shift")
-    assert applied_id(to_shift_axis(r, pix)[1]) is None  # a pixel calibration leaves a shift axis alone
+    r = Spectrum(np.ones(20), np.arange(20.0) + 500, unit="raman_shift", meta={"where": "r.txt"})
+    with pytest.raises(CalibrationMismatchError, match=r"r\.txt: .*already on a Raman-shift axis"):
+        to_shift_axis(r, pix)  # a pixel calibration must not be silently skipped on a shift axis
 
 
 def test_calibrate_without_lamp_then_peaks_and_daemon(tmp_path):

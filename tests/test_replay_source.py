@@ -85,42 +85,49 @@ def test_missing_path_names_it(tmp_path):
         ReplaySource("replay://")
 
 
-def test_folder_with_a_corrupt_file_skips_it_and_goes_on(tmp_path, caplog):
+def test_folder_with_a_corrupt_file_delivers_it_as_unreadable_and_goes_on(tmp_path, caplog):
     for name, mineral in [("a.txt", "Albite"), ("b.txt", "Calcite"), ("d.txt", "Quartz")]:
         (tmp_path / name).write_text(_rruff_text(mineral))
     (tmp_path / "c.txt").write_text(_rruff_text("Broken").replace("129, ", "129, oops"))
     (tmp_path / "notes.md").write_text("not a spectrum")
+    (tmp_path / "README.txt").write_text("what these exports are")
     src = ReplaySource(f"replay://{tmp_path}")
     with caplog.at_level(logging.WARNING, logger="firmware_bridge.replay"), src:
         acqs = list(src)
-    assert [a.truth for a in acqs] == ["Albite", "Calcite", "Quartz"]
-    assert [a.seq for a in acqs] == [0, 1, 2]
-    assert [a.meta["file"] for a in acqs] == ["a.txt", "b.txt", "d.txt"]
+    assert [a.truth for a in acqs] == ["Albite", "Calcite", None, "Quartz"]
+    assert [a.seq for a in acqs] == [0, 1, 2, 3]
+    assert [a.meta["file"] for a in acqs] == ["a.txt", "b.txt", "c.txt", "d.txt"]
+    bad = acqs[2]
+    assert "c.txt" in bad.meta["unreadable"] and "line" in bad.meta["unreadable"] and len(bad.spectrum) == 0
+    assert all("unreadable" not in a.meta for a in acqs[:2] + acqs[3:])
     assert len(src.skipped) == 1
     bad_file, message = src.skipped[0]
-    assert bad_file.endswith("c.txt") and "c.txt" in message and "line" in message
+    assert bad_file.endswith("c.txt") and message == bad.meta["unreadable"]
     assert "c.txt" in caplog.text
 
 
-def test_folder_loop_counts_a_bad_file_once(tmp_path):
+def test_folder_loop_delivers_a_bad_file_once(tmp_path):
     (tmp_path / "a.txt").write_text(_rruff_text("Albite"))
     (tmp_path / "b.txt").write_bytes(b"\xff\xfe\x00garbage")
     with ReplaySource(f"replay://{tmp_path}?loop=1") as src:
-        acqs = [src.read() for _ in range(5)]
-    assert [a.truth for a in acqs] == ["Albite"] * 5
-    assert [a.meta["pass"] for a in acqs] == [0, 1, 2, 3, 4]
+        acqs = [src.read() for _ in range(6)]
+    assert [a.truth for a in acqs] == ["Albite", None] + ["Albite"] * 4
+    assert [a.meta["pass"] for a in acqs] == [0, 0, 1, 2, 3, 4]
+    assert "b.txt" in acqs[1].meta["unreadable"]
     assert len(src.skipped) == 1
 
 
 def test_folder_of_only_bad_files_ends_even_with_loop(tmp_path):
     (tmp_path / "x.txt").write_text("nothing useful")
     with ReplaySource(f"replay://{tmp_path}?loop=1") as src:
-        assert list(src) == []
+        acqs = list(src)
+    assert len(acqs) == 1 and "x.txt" in acqs[0].meta["unreadable"]
     assert len(src.skipped) == 1
 
 
 def test_empty_folder_is_an_error(tmp_path):
-    with pytest.raises(SourceError, match="no .txt"):
+    (tmp_path / "README.md").write_text("no spectra here")
+    with pytest.raises(SourceError, match="no spectrum files"):
         ReplaySource(f"replay://{tmp_path}").open()
 
 
@@ -129,10 +136,13 @@ def test_single_rruff_file(tmp_path):
     p.write_text(_rruff_text("Calcite"))
     (acq,) = _play(f"replay://{p}")
     assert acq.truth == "Calcite" and acq.spectrum.meta["sample_id"] == "R050009-1" and len(acq.spectrum) == 30
+    assert acq.meta["laser_nm"] == 532.0
+    assert ReplaySource(f"replay://{p}").declared_axis() == ("raman_shift", 532.0)
     bad = tmp_path / "bad.txt"
     bad.write_text(_rruff_text("Calcite").replace("126, ", "126"))
-    with pytest.raises(SourceError, match=r"bad\.txt.*line"):
+    with pytest.raises(SourceError, match=r"bad\.txt.*line"):  # nothing to replay
         ReplaySource(f"replay://{bad}").open()
+    assert ReplaySource(f"replay://{bad}").declared_axis() == (None, None)
 
 
 def test_exhausted_source_raises_stop_iteration(tmp_path):

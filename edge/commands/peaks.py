@@ -9,14 +9,23 @@ import click
 
 from calibration.errors import CalibrationError
 
+from ..options import FiniteFloatRange
+
 
 def shift_spectrum(spectrum: Any, calibration: Path | None) -> Any:
     """``spectrum`` on an ascending, calibrated Raman-shift axis.
 
     ``calibration`` is either kind of calibration file: a pixel-axis calibration
-    (needed for pixel or wavelength files; a Raman-shift file passes through it
-    unchanged) or a shift-axis correction fitted from a standard (applied to a
-    Raman-shift file).  The id of what was applied lands in ``meta["calibration_id"]``.
+    (for pixel or wavelength files) or a shift-axis correction fitted from a standard
+    (for Raman-shift files).  The id of what was applied lands in ``meta["calibration_id"]``.
+
+    Raises
+    ------
+    CalibrationFileError, CalibrationMismatchError
+        The file cannot be loaded, or it does not fit the spectrum (a pixel calibration
+        for a Raman-shift file, another laser): configuration errors, exit status 2.
+    CalibrationError
+        A pixel-axis spectrum and no calibration.
     """
     from dataclasses import replace
 
@@ -40,11 +49,11 @@ def read_spectra(path: Path) -> list[Any]:
 @click.command("peaks")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--calibration", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Calibration JSON: a pixel-axis calibration (needed for pixel-axis files) or a shift-axis "
-                   "correction (applied to Raman-shift files).")
-@click.option("--min-prominence", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Calibration JSON: a pixel-axis calibration (for pixel-axis files) or a shift-axis "
+                   "correction (for Raman-shift files); one that does not fit the file's axis or laser is refused.")
+@click.option("--min-prominence", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Smallest peak prominence, in the file's intensity units (default: 8 × the noise σ).")
-@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True,
+@click.option("--snr", type=FiniteFloatRange(min=0, max=1e6, min_open=True), default=8.0, show_default=True,
               help="Noise multiple used when --min-prominence is not given.")
 @click.option("--index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Which spectrum of a multi-spectrum file (map, .npz).")
