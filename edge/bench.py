@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from calibration.dataset import file_sha256
+from calibration.errors import ConfigError
 from firmware_bridge.source import Acquisition
 
 from .classifier import softmax
@@ -135,7 +137,35 @@ def format_table(report: dict[str, Any], max_rows: int = 80) -> str:
     return "\n".join(lines)
 
 
+def check_report_path(path: str | Path, option: str = "--json") -> None:
+    """Refuse a report path that cannot be written, before any work is done.
+
+    Raises
+    ------
+    ConfigError
+        If its folder does not exist or is not writable, or the path is a folder.
+    """
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder, not a file")
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{option} {path}: folder {folder} is not writable")
+
+
 def write_report(report: dict[str, Any], path: str | Path, data: str | Path | None = None) -> None:
+    """Write the report as JSON (with the data file's sha256 when ``data`` is given).
+
+    Raises
+    ------
+    ConfigError
+        If ``path`` cannot be written (an output path given as an option).
+    """
     if data is not None:
         report = dict(report, data=str(data), data_sha256=file_sha256(data))
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as e:
+        raise ConfigError(f"--json {path}: cannot write the report: {e.strerror}") from None

@@ -14,7 +14,10 @@ Three loops in threads, joined by bounded queues with explicit overflow rules:
 The main thread supervises (F Prime Health style): every loop beats; the watchdog
 is stroked only while all of them do; a stalled classify or acquire loop is
 restarted past a limit; a storage failure stops the daemon with a clear error
-instead of a crash loop.  SIGINT/SIGTERM drain the queues and stop cleanly.
+instead of a crash loop, naming the spectra in hand that could therefore not be
+logged (never acknowledged, so never printed).  SIGINT/SIGTERM drain the queues and
+stop cleanly.  A daemon holds its database's writer lock for its whole run: a
+second daemon on the same file is refused, whatever its state directory.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ class Counters:
     source_errors: int = 0
     write_waits: int = 0
     model_swaps: int = 0
+    unlogged: int = 0  # acquired but never committed: the database failed first
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, float]:
@@ -83,9 +87,26 @@ def deferred_record(acq: Acquisition) -> dict[str, Any]:
                 calibration=acq.calibration, truth=acq.truth, meta=dict(acq.meta), priority=0)
 
 
-def log_result(store: ResultLog, result: Result, model_id: str) -> int:
-    """Commit one result outside the daemon (bench); returns the row id."""
-    return store.append_many([result_record(result, model_id)])[0]
+def log_result(store: ResultLog, result: Result, model_id: str, downlink: bool = True) -> int:
+    """Commit one result outside the daemon (bench); returns the row id.
+
+    ``downlink=False`` logs it as a row no downlink pass carries (a replay, not a field result).
+    """
+    return store.append_many([dict(result_record(result, model_id), downlink=downlink)])[0]
+
+
+def seq_summary(seqs: list[int], show: int = 4) -> str:
+    """The numbers as ranges: ``seq 4-9, 12, 15-20`` (the first ``show`` ranges, then how many more)."""
+    runs: list[list[int]] = []
+    for n in sorted(set(seqs)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    if not runs:
+        return "none"
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:show])
+    return f"seq {text}" + (f" and {len(runs) - show} more ranges" if len(runs) > show else "")
 
 
 class DownlinkQueue:
@@ -127,30 +148,47 @@ class HotSwap:
     A background thread calls ``poll`` (e.g. :meth:`edge.registry.ModelWatcher.poll`,
     which verifies signatures, hashes and graphs) every ``interval`` seconds; a
     verified bundle becomes a ready :class:`Pipeline`, which the classify loop takes
-    with :meth:`take` between two spectra.  A refused model never reaches it.
+    with :meth:`take` between two spectra.  A refused model never reaches it: the
+    refusal is counted as a ``model_refused`` event, handed to ``on_event``, and
+    shown by :meth:`status` until another model is accepted.
 
     Parameters
     ----------
     poll : callable
-        Returns a newly activated, verified bundle, or None.
+        Returns a newly activated, verified bundle (or ``(entry, bundle, ...)``), or None.
     make_pipeline : callable
         Builds the pipeline for a bundle (same calibration and policy as the running one).
     interval : float
         Seconds between polls.
+    watcher : ModelWatcher, optional
+        The object behind ``poll``: its ``refused`` count, ``refusal`` and
+        ``current``/``switch_id`` feed :meth:`status` and the refusal events.
+    on_event : callable, optional
+        Called with ``(kind, details)`` for each refusal (e.g. to log it in the results database).
     """
 
     def __init__(self, poll: Callable[[], Any], make_pipeline: Callable[[Any], Pipeline], events: Events,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, *, watcher: Any = None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.poll = poll
         self.make_pipeline = make_pipeline
         self.events = events
         self.interval = interval
+        self.watcher = watcher
+        self.on_event = on_event
         self._ready: Pipeline | None = None
+        self._pending: tuple[str | None, str | None] = (None, None)
+        self._running: tuple[str | None, str | None] = (
+            (getattr(watcher, "current", None), getattr(watcher, "switch_id", None)) if watcher is not None else (None, None))
+        self._refusal: dict[str, Any] | None = None
+        self._refusals_seen = getattr(watcher, "refused", 0)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self.watcher is not None and getattr(self.watcher, "refusal", None):
+            self._report(self.watcher.refusal)  # refused at start: an event like any later refusal
         self._thread = threading.Thread(target=self._loop, name="model-watch", daemon=True)
         self._thread.start()
 
@@ -159,28 +197,81 @@ class HotSwap:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _report(self, refusal: dict[str, Any]) -> None:
+        what = refusal.get("entry") or "the active-model pointer"
+        self.events.note("model_refused", f"{what}: {refusal.get('reason')}; the running model stays", logging.ERROR)
+        if self.on_event is not None:
+            try:
+                self.on_event("model_refused", dict(refusal))
+            except Exception:  # reporting must never stop the watcher; the event counter has it
+                log.exception("model_refused event hook failed")
+
+    def _check_watcher(self) -> None:
+        refused = getattr(self.watcher, "refused", 0)
+        if refused != self._refusals_seen:
+            self._refusals_seen = refused
+            if self.watcher.refusal:
+                self._report(self.watcher.refusal)
+
+    def _refuse(self, found: Any, error: RamanEdgeError) -> None:
+        entry = found[0] if isinstance(found, tuple) else None
+        switch_id = found[2] if isinstance(found, tuple) and len(found) > 2 else None
+        import datetime as dt  # local: this class is the module's only user
+
+        refusal = {"entry": entry, "model_id": None, "switch_id": switch_id, "reason": str(error),
+                   "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")}
+        with self._lock:
+            self._refusal = refusal
+        self._report(refusal)
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
+            found = None
             try:
                 found = self.poll()
+                if self.watcher is not None:
+                    self._check_watcher()
                 if found is None:
                     continue
                 bundle = found[1] if isinstance(found, tuple) else found
                 pipeline = self.make_pipeline(bundle)
             except RamanEdgeError as e:
-                self.events.note("model_refused", f"{e}; the running model stays", logging.ERROR)
+                self._refuse(found, e)
                 continue
             except Exception:  # a bug here must not take the daemon down; the old model runs on
                 log.exception("model watcher failed")
                 continue
+            entry = found[0] if isinstance(found, tuple) else None
+            switch_id = found[2] if isinstance(found, tuple) and len(found) > 2 else None
             with self._lock:
-                self._ready = pipeline
+                self._ready, self._pending, self._refusal = pipeline, (entry, switch_id), None
 
     def take(self) -> Pipeline | None:
         """The verified new pipeline, once; None when there is none."""
         with self._lock:
             ready, self._ready = self._ready, None
+            if ready is not None:
+                self._running = self._pending
         return ready
+
+    def status(self) -> dict[str, Any]:
+        """The running registry entry, the pointer switch it answers, and the standing refusal (or None).
+
+        ``switch_id`` is the ``active.json`` switch the running model answers
+        (`raman-edge model install` waits for its own switch to show up here, or
+        in ``model_refused``).
+        """
+        with self._lock:
+            entry, switch_id = self._running
+            refusal = self._refusal
+            pending = self._ready is not None
+        if self.watcher is not None:
+            w_current, w_switch = getattr(self.watcher, "current", None), getattr(self.watcher, "switch_id", None)
+            if not pending and w_current == entry:
+                switch_id = w_switch  # re-activation of the running entry: acknowledged without a load
+            refusal = refusal or getattr(self.watcher, "refusal", None)
+        return {"entry": entry, "switch_id": switch_id, "check_interval_s": self.interval,
+                "swaps_pending": pending, "model_refused": dict(refusal) if refusal else None}
 
 
 class Daemon:
@@ -233,9 +324,10 @@ class Daemon:
         self._gen = {"acquire": 0, "classify": 0}
         self._threads: dict[str, threading.Thread] = {}
         self._count: int | None = None
-        self._deferred_at_start = 0
+        self.deferred_at_start = 0
         self._deferred_cursor = 0
         self._lock = threading.Lock()
+        self._unlogged: list[int] = []  # seqs of spectra in hand when the database failed
 
     # -- control ------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -248,9 +340,56 @@ class Daemon:
                 self._fatal = exc
         self._stop.set()
 
+    def _note_unlogged(self, item: Any) -> None:
+        """Remember a spectrum in hand that will never be committed (the writer has failed)."""
+        if isinstance(item, Acquisition):
+            seq = item.seq
+        elif item[0] == "result":
+            seq = item[1][0].acquisition.seq
+        elif item[0] == "deferred":
+            seq = item[1].seq
+        else:  # a model registration, or the result of a row already stored as deferred
+            return
+        with self._lock:
+            self._unlogged.append(int(seq))
+            self.counters.unlogged += 1
+
+    def _drain_unlogged(self) -> None:
+        """After a fatal storage error: every spectrum still queued is in hand and unlogged."""
+        for q in (self.write_q, self.classify_q):
+            while True:
+                try:
+                    self._note_unlogged(q.get_nowait())
+                except queue.Empty:
+                    break
+
+    def _fatal_error(self) -> BaseException:
+        """The first fatal error; a storage failure also names the spectra it kept from the log."""
+        fatal = self._fatal
+        assert fatal is not None
+        if not isinstance(fatal, StorageError) or not self._unlogged:
+            return fatal
+        n = len(self._unlogged)
+        return StorageError(f"{fatal}; acquisition stopped, {n} spectr{'um' if n == 1 else 'a'} in hand "
+                            f"not logged and not acknowledged ({seq_summary(self._unlogged)})")
+
     @property
     def model_id(self) -> str:
         return self.pipeline.model_id
+
+    def log_event(self, kind: str, message: str, details: dict[str, Any] | None = None) -> None:
+        """Log an event row (e.g. a refused model update) from any thread.
+
+        The writer owns the database connection, so the event travels through the write
+        queue; it is only dropped (with a warning; the event counters still have it) when
+        the writer has stopped or stays saturated for 5 s.
+        """
+        if self._fatal is not None:
+            return
+        try:
+            self.write_q.put(("event", (kind, message, details, time.time())), timeout=5.0)
+        except queue.Full:
+            log.warning("event %s not logged in %s: the write queue stayed full", kind, self.store.path)
 
     # -- loops ----------------------------------------------------------------
     def _acquire(self, gen: int) -> None:
@@ -299,6 +438,7 @@ class Daemon:
                     waited = True
                 self.health.beat(loop)
                 if self._fatal is not None:
+                    self._note_unlogged(item)
                     return
 
     def _classify(self, gen: int) -> None:
@@ -345,7 +485,7 @@ class Daemon:
 
     def _deferred_possible(self) -> bool:
         # Rows deferred before this start, or during it and not yet completed.
-        return self._deferred_at_start > 0 or self.counters.deferred > self.counters.deferred_done
+        return self.deferred_at_start > 0 or self.counters.deferred > self.counters.deferred_done
 
     def _write(self) -> None:
         name = "write"
@@ -367,6 +507,8 @@ class Daemon:
             try:
                 self._commit(batch)
             except StorageError as e:
+                for item in batch:
+                    self._note_unlogged(item)
                 self._fail(e)
                 break
 
@@ -375,6 +517,9 @@ class Daemon:
         for kind, item in batch:
             if kind == "model":
                 self.store.register_model(item.model_id, item.bundle.classes, item.bundle.manifest)
+            elif kind == "event":
+                event_kind, message, details, at = item
+                self.store.log_event(event_kind, message, details, at=at)
             elif kind == "result":
                 result, model_id = item
                 records.append(result_record(result, model_id))
@@ -423,7 +568,12 @@ class Daemon:
                 # finally returned): its successor runs on; the failure is only counted.
                 self.events.note("superseded_loop_failed", f"{name}: {e!r}")
                 return
-            log.exception("loop %s died", name)  # an unexpected bug stops the daemon loudly, not silently
+            if isinstance(e, RamanEdgeError):
+                # An expected failure (e.g. the database turned corrupt under the deferred-row
+                # reader): the command line reports it in one line, no traceback.
+                log.debug("loop %s stopped: %s", name, e)
+            else:
+                log.exception("loop %s died", name)  # an unexpected bug stops the daemon loudly, not silently
             self._fail(e)
 
     def _restart(self, name: str) -> None:
@@ -464,12 +614,13 @@ class Daemon:
         Raises the first fatal error (e.g. :class:`StorageError`) after a clean shutdown.
         """
         self._count = count
+        self.store.lock_writer()  # before anything is opened: one daemon per database
         previous = {}
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self.stop)
         self.store.register_model(self.pipeline.model_id, self.pipeline.bundle.classes, self.pipeline.bundle.manifest)
-        self._deferred_at_start = self.store.count_deferred()
+        self.deferred_at_start = self.store.count_deferred()
         for name, limit in (("acquire", self.stall_after), ("classify", self.stall_after), ("write", self.stall_after)):
             self.health.register(name, limit)
         self.source.open()
@@ -505,6 +656,8 @@ class Daemon:
                 self.hot_swap.stop()
             for t in self._threads.values():
                 t.join(timeout=2)
+            if isinstance(self._fatal, StorageError):
+                self._drain_unlogged()
             if self.watchdog:
                 self.watchdog.stopping()
             try:
@@ -513,5 +666,5 @@ class Daemon:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         if self._fatal is not None:
-            raise self._fatal
+            raise self._fatal_error()
         return self.counters

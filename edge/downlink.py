@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -534,9 +535,8 @@ def pack(store: ResultLog, budget: int, pass_no: int, policy: DownlinkPolicy | N
         enc.tables.rollback(cp)
         return False
 
-    for level, waiting in store.db.execute(
-            "SELECT r.priority, count(*) FROM results r " + ResultLog._UNSENT + " GROUP BY 1").fetchall():
-        out.by_priority[int(level)] = {"sent": 0, "left": int(waiting)}
+    for level, waiting in store.unsent_by_priority().items():
+        out.by_priority[level] = {"sent": 0, "left": waiting}
     for level in store.unsent_priorities():
         if room() < MIN_RECORD:
             break
@@ -606,6 +606,19 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+#: Errors of the medium, not of the path the operator chose.
+_MEDIUM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+def _out_error(out: Path, e: OSError) -> ConfigError | StorageError:
+    """A full or failing disk is a storage error (3); an unusable path given as --out is configuration (2)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"disk full: {out} ({e.strerror or e}); the pass file was not written")
+    if e.errno in _MEDIUM_ERRNOS:
+        return StorageError(f"{out}: cannot write downlink file: {e.strerror or e}")
+    return ConfigError(f"--out {out}: cannot write downlink file: {e.strerror or e}")
+
+
 def run_pass(store: ResultLog, out: Path | None, budget: int, policy: DownlinkPolicy | None = None,
              dry_run: bool = False, overwrite: bool = False) -> Packed | None:
     """One downlink pass: pack, write ``out`` (fsynced, renamed into place), then mark the rows sent.
@@ -618,7 +631,8 @@ def run_pass(store: ResultLog, out: Path | None, budget: int, policy: DownlinkPo
     ConfigError
         If ``out`` exists (unless ``overwrite``) or no waiting record fits in ``budget``.
     StorageError
-        If the file cannot be written or the rows cannot be marked (they then stay unsent).
+        If the disk is full or failing, or the rows cannot be marked (they then stay unsent).
+        An ``out`` that cannot be written for any other reason is a ConfigError.
     """
     if store.count_unsent() == 0:
         return None
@@ -640,13 +654,13 @@ def run_pass(store: ResultLog, out: Path | None, budget: int, policy: DownlinkPo
         try:
             _write_atomically(out, packed.data)
         except OSError as e:
-            raise StorageError(f"{out}: cannot write downlink file: {e}") from None
+            raise _out_error(out, e) from None
         store.finish_pass(pass_no, packed.row_ids, len(packed.data), hashlib.sha256(packed.data).hexdigest())
     except BaseException as e:
         try:
             store.fail_pass(pass_no, f"{type(e).__name__}: {e}")
-        except Exception:  # the original error matters more
-            log.exception("recording the failure of downlink pass %d", pass_no)
+        except Exception as note_error:  # the original error matters more; no traceback over it
+            log.warning("could not record the failure of downlink pass %d: %s", pass_no, note_error)
         raise
     log.info("downlink pass %d: %d records (%d spectra), %d bytes -> %s", pass_no, len(packed.row_ids),
              packed.spectra, len(packed.data), out)

@@ -17,14 +17,27 @@ one transaction, when opened:
 2. ``store_info`` (the database's identity, a random id made once), ``downlink_passes``
    (one row per downlink pass; ``results.downlinked`` holds the pass that carried a
    row, 0 while unsent) and ``results.status`` may also be ``deferred`` (a raw row
-   whose classification is still to come; never downlinked).
+   whose classification is still to come; never downlinked).  ``results.downlinked = -1``
+   marks a row that is never to be downlinked: a ``raman-edge bench`` replay, not a field
+   measurement.  ``events`` (what the daemon noted besides results, e.g. a refused model
+   update) is created when the first event is logged; a v2 file without it is complete,
+   and builds that do not know it ignore it, so it needs no new schema version.
+
+Failures are :class:`~calibration.errors.StorageError` (exit status 3) naming the file:
+a corrupt file (checked with ``PRAGMA quick_check`` when an existing file is opened),
+a full disk (``disk full: PATH``), a read-only file, or a database that another daemon
+writes (a daemon holds an exclusive lock on ``PATH.lock`` for its whole life; readers
+such as ``downlink``, ``status`` and ``bench`` do not take it).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import uuid
 import zlib
@@ -39,6 +52,9 @@ from calibration.errors import StorageError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+
+#: ``results.downlinked`` of a row that no pass may carry (a bench replay).
+NOT_FOR_DOWNLINK = -1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -98,6 +114,15 @@ CREATE TABLE IF NOT EXISTS downlink_passes (
 );
 """
 
+_EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    logged_utc  TEXT NOT NULL,
+    kind        TEXT NOT NULL,          -- e.g. model_refused
+    message     TEXT NOT NULL,          -- one line for a person
+    details     TEXT                    -- JSON
+)"""
+
 # v1 -> v2: results is rebuilt only to widen the status CHECK (SQLite cannot ALTER a
 # CHECK); the new tables come from _SCHEMA's IF NOT EXISTS statements.
 _RESULTS_COLUMNS = ("id, acquired_utc, logged_utc, source, seq, status, error, model_id, calibration_id, label,"
@@ -134,6 +159,56 @@ def unpack_array(blob: bytes) -> np.ndarray:
     if dtype is None:
         raise StorageError(f"unknown packed-array code {bytes(blob[:1])!r}")
     return np.frombuffer(zlib.decompress(blob[1:]), dtype=dtype).astype(np.float64)
+
+
+_NEARLY_FULL = 1 << 20  # bytes free below which an I/O error on the database is a full disk
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system holding ``path``."""
+    try:
+        st = os.statvfs(path.parent if not path.is_dir() else path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def storage_error(path: str | Path, e: sqlite3.Error, doing: str) -> StorageError:
+    """Turn an SQLite error into a one-line :class:`StorageError` that says what is wrong with ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The results database.
+    e : sqlite3.Error
+        What SQLite raised.
+    doing : str
+        What was being done, e.g. ``"write result"``.
+    """
+    name = str(getattr(e, "sqlite_errorname", "") or "")
+    text = str(e)
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in text:
+        return StorageError(f"results database {path} is corrupt ({text}); cannot {doing}. Stop writing to it and "
+                            f"salvage the readable rows: sqlite3 {path} .recover | sqlite3 recovered.sqlite")
+    if name == "SQLITE_NOTADB" or "not a database" in text:
+        return StorageError(f"results database {path} is not an SQLite database or its header is corrupt "
+                            f"({text}); cannot {doing}")
+    if name == "SQLITE_FULL" or "disk is full" in text:
+        return StorageError(f"disk full: {path} ({text}); cannot {doing}")
+    if name.startswith("SQLITE_IOERR") or "I/O error" in text:
+        # SQLite reports some ENOSPC writes as plain I/O errors: tell a full disk apart.
+        free = _free_bytes(Path(path))
+        if free is not None and free < _NEARLY_FULL:
+            return StorageError(f"disk full: {path} ({text}; {free} bytes free); cannot {doing}")
+        return StorageError(f"results database {path}: {text}; cannot {doing}. Check the medium, its free "
+                            f"space and the process's file size limit")
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return StorageError(f"results database {path} is read-only ({text}); cannot {doing}")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return StorageError(f"results database {path} is locked by another process ({text}); cannot {doing}")
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return StorageError(f"results database {path} cannot be opened ({text}); cannot {doing}")
+    return StorageError(f"{path}: cannot {doing}: {text}")
 
 
 def utc_iso(epoch: float) -> str:
@@ -175,27 +250,105 @@ class ResultLog:
         SQLite file; created with the current schema when missing.
     synchronous : str
         SQLite ``synchronous`` level: ``FULL`` (default, power-cut safe) or ``NORMAL``.
+    check : bool
+        Run ``PRAGMA quick_check`` when an existing file is opened (about 1.5 s per GB
+        from the page cache), so that a corrupt file is refused before anything is
+        appended to it rather than part-way through a run or a downlink pass.
     """
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, synchronous: str = "FULL", check: bool = True) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._axes: set[str] = set()
+        self._models: set[str] = set()
+        self._calibrations: set[str] = set()
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise StorageError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         if self.path.parent and not self.path.parent.is_dir():
             raise StorageError(f"{self.path}: directory {self.path.parent} does not exist")
+        if self.path.is_dir():
+            raise StorageError(f"results database {self.path} is a directory, not a file")
+        existing = self.path.is_file() and self.path.stat().st_size > 0
         try:
             self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise storage_error(self.path, e, "open results database") from None
+        try:
+            if existing and check:
+                self._quick_check()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             # Off while a migration may rebuild tables (the pragma is ignored inside a transaction).
             self.db.execute("PRAGMA foreign_keys=OFF")
             self._create_or_migrate()
             self.db.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.DatabaseError as e:
-            raise StorageError(f"{self.path}: cannot open results database: {e}") from None
-        self._axes: set[str] = set()
-        self._models: set[str] = set()
-        self._calibrations: set[str] = set()
+        except sqlite3.Error as e:
+            self.db.close()
+            raise storage_error(self.path, e, "open results database") from None
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _quick_check(self) -> None:
+        """Refuse a file whose pages are damaged (``PRAGMA quick_check``: b-tree structure, no index cross-check)."""
+        problems = [str(r[0]) for r in self.db.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise StorageError(f"results database {self.path} is corrupt ({'; '.join(problems)[:300]}). "
+                               f"Stop writing to it and salvage the readable rows: "
+                               f"sqlite3 {self.path} .recover | sqlite3 recovered.sqlite")
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """Any SQLite error inside becomes a StorageError naming the file and what is wrong."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise storage_error(self.path, e, doing) from None
+
+    # -- one writer per database ---------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def lock_writer(self) -> None:
+        """Take the database's exclusive writer lock (``PATH.lock``) for as long as this log is open.
+
+        One daemon per database, whatever its state directory: a second one is refused
+        here.  Readers (``downlink``, ``status``, ``bench``) do not take the lock, and
+        SQLite's own locking lets them read and mark passes beside the daemon.
+
+        Raises
+        ------
+        StorageError
+            If another process holds the lock (names its pid) or the lock file cannot be made.
+        """
+        if self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(f"results database {self.path}: cannot create its lock file {self.lock_path}: "
+                               f"{e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise StorageError(f"results database {self.path} is in use by another raman-edge daemon ({who}, "
+                               f"lock {self.lock_path}); one daemon per database") from None
+        # The pid is only a hint for the refusal message; the flock is the lock.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock_writer(self) -> None:
+        if self._lock_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._lock_fd, 0)
+        os.close(self._lock_fd)  # closing releases the flock
+        self._lock_fd = None
 
     def _create_or_migrate(self) -> None:
         # A current file needs no write lock (read-only media, a daemon mid-commit).
@@ -234,8 +387,7 @@ class ResultLog:
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.execute("COMMIT")
         except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            self._rollback()
             raise
 
     # -- writing ------------------------------------------------------------
@@ -254,10 +406,11 @@ class ResultLog:
         self._write(lambda: self.db.execute(
             "INSERT OR IGNORE INTO models (model_id, classes, manifest, first_used) VALUES (?, ?, ?, ?)",
             (model_id, json.dumps(classes), json.dumps(manifest), utc_iso(_dt.datetime.now().timestamp())),
-        ))
+        ), "register the model")
         self._models.add(model_id)
 
-    def _write(self, fn: Any) -> Any:
+    def _write(self, fn: Any, doing: str = "write result") -> Any:
+        """Run ``fn`` in one write transaction; any SQLite failure is a StorageError naming the cause."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -265,11 +418,24 @@ class ResultLog:
                 self.db.execute("COMMIT")
                 return out
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise
-        except sqlite3.OperationalError as e:
-            # Disk full, read-only file, locked beyond the timeout: stop, don't crash-loop.
-            raise StorageError(f"{self.path}: cannot write result: {e}") from None
+        except sqlite3.Error as e:
+            # Disk full, read-only file, corrupt page, locked beyond the timeout: stop, don't crash-loop.
+            raise storage_error(self.path, e, doing) from None
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on SQLITE_FULL and some I/O errors; a ROLLBACK then
+        # fails with "no transaction is active" and would hide the real cause.
+        # Rows cached as present may have been rolled back with the transaction.
+        self._axes.clear()
+        self._calibrations.clear()
+        if not self.db.in_transaction:
+            return
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            log.warning("%s: rollback after a failed write: %s", self.path, e)
 
     def _calibration_id(self, calibration: Any) -> str | None:
         if calibration is None:
@@ -299,10 +465,11 @@ class ResultLog:
         cur = self.db.execute(
             "INSERT INTO results (acquired_utc, logged_utc, source, seq, status, error, model_id,"
             " calibration_id, label, probability, margin, topk, priority, reasons, truth, axis_id,"
-            " spectrum, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " spectrum, meta, downlinked) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (utc_iso(r["acquired_at"]), utc_iso(_dt.datetime.now().timestamp()), r["source"], int(r["seq"]),
              status, error, model_id, r.get("calibration_id") or cal_id, label, prob, margin, topk, priority,
-             reasons, r.get("truth"), aid, pack_array(r["spectrum"]), meta),
+             reasons, r.get("truth"), aid, pack_array(r["spectrum"]), meta,
+             0 if r.get("downlink", True) else NOT_FOR_DOWNLINK),
         )
         return int(cur.lastrowid)
 
@@ -323,7 +490,8 @@ class ResultLog:
 
         Keywords: ``acquired_at, source, seq, axis_unit, axis, spectrum`` (required);
         ``status, error, model_id, calibration_id, calibration (AxisCalibration), topk,
-        priority, reasons, truth, meta``.
+        priority, reasons, truth, meta``; ``downlink=False`` logs a row no downlink pass
+        will carry (a bench replay).
         """
         return self._write(lambda: self._insert(record))
 
@@ -341,9 +509,37 @@ class ResultLog:
 
         return self._write(work)
 
+    def log_event(self, kind: str, message: str, details: dict[str, Any] | None = None,
+                  at: float | None = None) -> int:
+        """Commit one event row (``events`` is created with the first one); returns its id."""
+        def insert() -> int:
+            self.db.execute(_EVENTS_SCHEMA)
+            cur = self.db.execute(
+                "INSERT INTO events (logged_utc, kind, message, details) VALUES (?, ?, ?, ?)",
+                (utc_iso(_dt.datetime.now().timestamp() if at is None else at), str(kind), str(message),
+                 json.dumps(details or {}, default=str)))
+            return int(cur.lastrowid)
+
+        return self._write(insert, "log an event")
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Logged events, oldest first (none when the table was never created)."""
+        with self._guard("read events"):
+            if self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='events'").fetchone() is None:
+                return []
+            q = "SELECT id, logged_utc, kind, message, details FROM events"
+            cur = self.db.execute(q + " WHERE kind = ? ORDER BY id" if kind else q + " ORDER BY id",
+                                  (kind,) if kind else ())
+            return [{"id": i, "logged_utc": t, "kind": k, "message": m, "details": json.loads(d or "{}")}
+                    for i, t, k, m, d in cur]
+
     # -- deferred classification ---------------------------------------------
+    def _scalar(self, sql: str, params: tuple[Any, ...] = (), doing: str = "read it") -> Any:
+        with self._guard(doing):
+            return self.db.execute(sql, params).fetchone()[0]
+
     def count_deferred(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM results WHERE status='deferred'").fetchone()[0])
+        return int(self._scalar("SELECT count(*) FROM results WHERE status='deferred'", doing="count deferred rows"))
 
     def deferred(self, after_id: int = 0, limit: int = 16) -> list[tuple[int, Any]]:
         """Oldest deferred rows after ``after_id`` as ``(row_id, Acquisition)``, for re-processing.
@@ -355,15 +551,18 @@ class ResultLog:
         from calibration.spectrum import Spectrum
         from firmware_bridge.source import Acquisition
 
-        con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        except sqlite3.Error as e:
+            raise storage_error(self.path, e, "read deferred rows") from None
         try:
             rows = con.execute(
                 "SELECT r.id, r.acquired_utc, r.source, r.seq, r.truth, r.meta, r.spectrum, a.unit, a.data, c.doc"
                 " FROM results r JOIN axes a ON a.axis_id = r.axis_id"
                 " LEFT JOIN calibrations c ON c.calibration_id = r.calibration_id"
                 " WHERE r.status='deferred' AND r.id > ? ORDER BY r.id LIMIT ?", (int(after_id), int(limit))).fetchall()
-        except sqlite3.DatabaseError as e:
-            raise StorageError(f"{self.path}: cannot read deferred rows: {e}") from None
+        except sqlite3.Error as e:
+            raise storage_error(self.path, e, "read deferred rows") from None
         finally:
             con.close()
         out = []
@@ -379,7 +578,7 @@ class ResultLog:
 
     # -- reading ------------------------------------------------------------
     def count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM results").fetchone()[0])
+        return int(self._scalar("SELECT count(*) FROM results", doing="count rows"))
 
     def rows(self, where: str = "", params: tuple[Any, ...] = (), order: str = "r.id") -> Iterator[Row]:
         """Rows matching an SQL ``where`` clause (on alias ``r``), in ``order``."""
@@ -387,16 +586,31 @@ class ResultLog:
              " r.label, r.probability, r.margin, r.topk, r.priority, r.reasons, r.truth, a.unit, a.data,"
              " r.spectrum, r.meta, r.downlinked FROM results r JOIN axes a ON a.axis_id = r.axis_id "
              + where + " ORDER BY " + order)
-        for r in self.db.execute(q, params):
-            yield Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
-                      [(c, p) for c, p in json.loads(r[11] or "[]")], r[12], json.loads(r[13] or "[]"), r[14],
-                      r[15], unpack_array(r[16]), unpack_array(r[17]), json.loads(r[18] or "{}"), r[19])
+        with self._guard("read rows"):
+            cur = self.db.execute(q, params)
+        while True:
+            # Fetched one by one under the guard: a damaged page may sit anywhere in the scan.
+            with self._guard("read rows"):
+                r = cur.fetchone()
+            if r is None:
+                return
+            yield self._row(r)
+
+    def _row(self, r: tuple[Any, ...]) -> Row:
+        try:
+            return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                       [(c, p) for c, p in json.loads(r[11] or "[]")], r[12], json.loads(r[13] or "[]"), r[14],
+                       r[15], unpack_array(r[16]), unpack_array(r[17]), json.loads(r[18] or "{}"), r[19])
+        except (ValueError, TypeError, zlib.error) as e:  # damaged bytes inside an intact page
+            raise StorageError(f"results database {self.path} is corrupt: row {r[0]} cannot be decoded ({e}). "
+                               f"Salvage the readable rows: sqlite3 {self.path} .recover | sqlite3 recovered.sqlite"
+                               ) from None
 
     # -- downlink bookkeeping ------------------------------------------------
     @property
     def identity(self) -> str:
         """A random id made when the database was created (or migrated to v2); names it on the ground."""
-        return str(self.db.execute("SELECT value FROM store_info WHERE key='db_id'").fetchone()[0])
+        return str(self._scalar("SELECT value FROM store_info WHERE key='db_id'", doing="read its identity"))
 
     _UNSENT = "WHERE r.downlinked = 0 AND r.status IN ('classified', 'error')"
 
@@ -412,15 +626,22 @@ class ResultLog:
 
     def unsent_priorities(self) -> list[int]:
         """The priority levels that have rows waiting, highest first."""
-        return [int(p) for (p,) in self.db.execute(
-            "SELECT DISTINCT r.priority FROM results r " + self._UNSENT + " ORDER BY r.priority DESC")]
+        with self._guard("read unsent rows"):
+            return [int(p) for (p,) in self.db.execute(
+                "SELECT DISTINCT r.priority FROM results r " + self._UNSENT + " ORDER BY r.priority DESC")]
+
+    def unsent_by_priority(self) -> dict[int, int]:
+        """How many rows wait at each priority level."""
+        with self._guard("read unsent rows"):
+            return {int(p): int(n) for p, n in self.db.execute(
+                "SELECT r.priority, count(*) FROM results r " + self._UNSENT + " GROUP BY 1")}
 
     def count_unsent(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM results r " + self._UNSENT).fetchone()[0])
+        return int(self._scalar("SELECT count(*) FROM results r " + self._UNSENT, doing="count unsent rows"))
 
     def next_pass(self) -> int:
         """The number the next downlink pass will get."""
-        return int(self.db.execute("SELECT coalesce(max(pass), 0) + 1 FROM downlink_passes").fetchone()[0])
+        return int(self._scalar("SELECT coalesce(max(pass), 0) + 1 FROM downlink_passes", doing="read its passes"))
 
     def begin_pass(self, budget_bytes: int, out_path: str | Path) -> int:
         """Reserve a pass number (state ``writing``) before its file is written; numbers are never reused."""
@@ -430,7 +651,7 @@ class ResultLog:
                 (utc_iso(_dt.datetime.now().timestamp()), int(budget_bytes), str(out_path)))
             return int(cur.lastrowid)
 
-        return self._write(insert)
+        return self._write(insert, "record a downlink pass")
 
     def finish_pass(self, pass_no: int, row_ids: list[int], nbytes: int, sha256: str) -> int:
         """Mark ``row_ids`` as sent by ``pass_no`` and close the pass, in one transaction.
@@ -450,7 +671,7 @@ class ResultLog:
                 (utc_iso(_dt.datetime.now().timestamp()), int(nbytes), len(row_ids), sha256, pass_no))
             return int(cur.rowcount)
 
-        marked = self._write(mark)
+        marked = self._write(mark, "mark rows as sent")
         if marked != len(row_ids):
             log.warning("downlink pass %d: %d of %d rows had been sent by another pass", pass_no,
                         len(row_ids) - marked, len(row_ids))
@@ -460,19 +681,22 @@ class ResultLog:
         """Record that a pass did not complete; its rows stay unsent."""
         self._write(lambda: self.db.execute(
             "UPDATE downlink_passes SET state='failed', finished_utc=?, note=? WHERE pass=? AND state='writing'",
-            (utc_iso(_dt.datetime.now().timestamp()), note[:500], pass_no)))
+            (utc_iso(_dt.datetime.now().timestamp()), note[:500], pass_no)), "record a failed pass")
 
     def passes(self) -> list[dict[str, Any]]:
         """Every downlink pass, oldest first."""
-        cur = self.db.execute("SELECT * FROM downlink_passes ORDER BY pass")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur]
+        with self._guard("read its passes"):
+            cur = self.db.execute("SELECT * FROM downlink_passes ORDER BY pass")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur]
 
     def close(self) -> None:
         try:
             self.db.close()
-        except sqlite3.Error:  # closing must never mask the error that got us here
-            log.exception("closing %s", self.path)
+        except sqlite3.Error as e:  # closing must never mask the error that got us here
+            log.warning("closing %s: %s", self.path, e)
+        finally:
+            self._unlock_writer()
 
     def __enter__(self) -> "ResultLog":
         return self

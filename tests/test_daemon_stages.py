@@ -248,3 +248,26 @@ def test_disk_full_stops_with_storage_error(tmp_path: Path, test_bundle: Path) -
     n = len(_statuses(db))
     assert 0 < n == d.counters.committed < 2000
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_events_from_other_threads_are_logged_by_the_writer(tmp_path: Path, test_bundle: Path) -> None:
+    """A refused model update (noted by the model watcher's thread) becomes an event row."""
+    db = tmp_path / "ev.sqlite"
+    store = ResultLog(db)
+    assert store.events() == []  # a fresh file has no events table yet, and reads as empty
+    d = Daemon(ListSource(20, hang_at=5, hang_s=1.0), Pipeline(load_bundle(test_bundle)), store)
+    t = threading.Thread(target=d.run, kwargs={"install_signal_handlers": False})
+    t.start()
+    deadline = time.monotonic() + 30
+    while d.counters.acquired < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threading.Thread(target=d.log_event, args=("model_refused", "m2: not signed", {"entry": "m2"})).start()
+    t.join(60)
+    assert not t.is_alive()
+    store.close()
+    with ResultLog(db) as again:
+        events = again.events("model_refused")
+        assert again.count() == 20
+    assert [(e["kind"], e["message"], e["details"]) for e in events] == [("model_refused", "m2: not signed",
+                                                                          {"entry": "m2"})]
+    assert events[0]["logged_utc"].endswith("Z")

@@ -9,20 +9,25 @@ import click
 
 from calibration.errors import StorageError
 
+from ..options import FiniteFloatRange
+
+#: The largest --budget-bytes taken: 1 TiB, far beyond any pass, and within SQLite's integers.
+MAX_BUDGET = 1 << 40
+
 
 @click.group(name="downlink", invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", type=click.Path(path_type=Path), default="raman-edge.sqlite", show_default=True,
               help="SQLite results log to send from.")
-@click.option("--budget-bytes", type=click.IntRange(min=1), default=None,
-              help="Hard limit on the size of the pass file, in bytes.")
+@click.option("--budget-bytes", type=click.IntRange(min=1, max=MAX_BUDGET), default=None,
+              help="Hard limit on the size of the pass file, in bytes (1 to 2**40).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Pass file to write (refused if it exists, unless --overwrite).")
 @click.option("--dry-run", is_flag=True, help="Pack and report, but write no file and mark nothing as sent.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-@click.option("--fine-error", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=2e-3,
+@click.option("--fine-error", type=FiniteFloatRange(0, 0.5, min_open=True, max_open=True), default=2e-3,
               show_default=True, help="Error bound of the fine quantised spectra, relative to the spectrum's peak.")
-@click.option("--coarse-error", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=5e-3,
+@click.option("--coarse-error", type=FiniteFloatRange(0, 0.5, min_open=True, max_open=True), default=5e-3,
               show_default=True, help="Error bound of the coarse quantised spectra (the last resort).")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass report as JSON.")
 @click.pass_context
@@ -35,6 +40,7 @@ def downlink(ctx: click.Context, db: Path, budget_bytes: int | None, out: Path |
     their spectrum (lossless when their whole priority level fits, else quantised to
     --fine-error, or --coarse-error to fill the last gap).  The rows are marked as
     sent only once the file is written and fsynced, so the next pass sends the rest.
+    Rows logged by `raman-edge bench` (replays) are never sent.
     File format: docs/downlink.md.  Read a pass file with `raman-edge downlink read FILE`.
     """
     if ctx.invoked_subcommand is not None:
