@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -47,6 +48,83 @@ HEAD_INPUT, HEAD_OUTPUT = "features", "logits"
 def default_model_path() -> Path:
     """The bundle shipped inside the package (``edge/models/default``)."""
     return Path(__file__).resolve().parent / "models" / "default"
+
+
+def package_dir() -> Path:
+    """The installed ``edge`` package directory (it holds the shipped model)."""
+    return Path(__file__).resolve().parent
+
+
+def refuse_package_path(path: str | Path, option: str) -> None:
+    """Refuse an output path inside the installed package.
+
+    Writing there would replace the shipped model (or sit beside it) in a place
+    that a reinstall silently reverts and that every user of the installation shares.
+
+    Parameters
+    ----------
+    path : path
+        Where a command is about to write (need not exist yet).
+    option : str
+        The option or argument that named it, for the message (e.g. ``--out``).
+
+    Raises
+    ------
+    ConfigError
+        ``path`` resolves (symbolic links followed) to the package directory or below it.
+    """
+    target = Path(path).expanduser().resolve()
+    pkg = package_dir()
+    if target == pkg or pkg in target.parents:
+        raise ConfigError(f"{option} {path}: lies inside the installed raman-edge package ({pkg}); "
+                          "write bundles and head files elsewhere (the shipped model is never modified)")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def validation_figures(manifest: dict[str, Any]) -> dict[str, float | int]:
+    """The figures a bundle's manifest records about its fit, those that are present.
+
+    Keys: ``val_top1``/``val_spectra`` (the trainer's validation split),
+    ``heldout_top1``/``heldout_spectra`` (a head swap's cross-fitted new spectra),
+    ``train_top1``, ``temperature``, ``ece`` (15-bin ECE after temperature scaling).
+    """
+    training = manifest.get("training")
+    metrics = training.get("metrics") if isinstance(training, dict) else None
+    m = metrics if isinstance(metrics, dict) else {}
+    cal = m.get("calibration") if isinstance(m.get("calibration"), dict) else {}
+    out: dict[str, float | int] = {}
+    for key, value in (("val_top1", m.get("val_top1")), ("val_spectra", m.get("val_spectra")),
+                       ("heldout_top1", m.get("heldout_top1")), ("heldout_spectra", m.get("heldout_spectra")),
+                       ("train_top1", m.get("train_top1")), ("temperature", manifest.get("temperature")),
+                       ("ece", cal.get("ece_after"))):
+        number = _number(value)
+        if number is not None:
+            out[key] = int(number) if key.endswith("_spectra") else number
+    return out
+
+
+def validation_summary(manifest: dict[str, Any]) -> str:
+    """:func:`validation_figures` on one short line, e.g. ``val top-1 84.2% (52), T 1.04, ECE 0.036``."""
+    f = validation_figures(manifest)
+    parts: list[str] = []
+    for key, label in (("val_top1", "val top-1"), ("heldout_top1", "held-out top-1")):
+        if key in f:
+            n = f.get(key.replace("top1", "spectra"))
+            parts.append(f"{label} {f[key]:.1%}" + (f" ({n})" if n is not None else ""))
+            break
+    else:
+        if "train_top1" in f:
+            parts.append(f"no validation split (train top-1 {f['train_top1']:.1%})")
+    if "temperature" in f:
+        parts.append(f"T {f['temperature']:.3g}")
+    if "ece" in f:
+        parts.append(f"ECE {f['ece']:.3f}")
+    return ", ".join(parts) if parts else "no validation figures recorded"
 
 
 @dataclass(frozen=True)
@@ -274,6 +352,10 @@ def load_bundle(path: str | Path | None = None, providers: list[str] | None = No
         raise BundleError(f"{mpath}: missing; not a model bundle") from None
     except json.JSONDecodeError as e:
         raise BundleError(f"{mpath}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise BundleError(f"{mpath}: not a manifest (binary content)") from None
+    except OSError as e:
+        raise BundleError(f"{mpath}: cannot read: {e.strerror or e}") from None
     _require(isinstance(manifest, dict), mpath, "manifest must be a JSON object")
     _require(manifest.get("format") == BUNDLE_FORMAT, mpath,
              f"'format' is {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
@@ -286,13 +368,15 @@ def load_bundle(path: str | Path | None = None, providers: list[str] | None = No
              and len(set(classes)) == len(classes), mpath, "'classes' must be a non-empty list of unique names")
     try:
         pre = Preprocessor(manifest["preprocessing"])
-    except RamanEdgeError as e:
+    except (RamanEdgeError, TypeError, KeyError, ValueError, AttributeError) as e:
+        # a hand-edited spec may be the wrong shape entirely, not only out of range
         raise BundleError(f"{mpath}: bad preprocessing spec: {e}") from None
     points = manifest["input"].get("points") if isinstance(manifest["input"], dict) else None
     _require(points == pre.grid.size, mpath,
              f"input points {points!r} differ from the preprocessing grid's {pre.grid.size}")
     temperature = manifest.get("temperature", 1.0)
-    _require(isinstance(temperature, (int, float)) and temperature > 0, mpath, f"bad temperature {temperature!r}")
+    _require(isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0, mpath,
+             f"bad temperature {temperature!r}")
     feat = manifest["feature_size"]
     _require(isinstance(feat, int) and feat > 0, mpath, f"bad feature_size {feat!r}")
     files = manifest["files"]
@@ -306,7 +390,10 @@ def load_bundle(path: str | Path | None = None, providers: list[str] | None = No
                  f"files.{part}.path {files[part]['path']!r} must stay inside the bundle")
         fpath = root / files[part]["path"]
         _require(fpath.is_file(), fpath, f"{part} file is missing")
-        actual = sha256_file(fpath)
+        try:
+            actual = sha256_file(fpath)
+        except OSError as e:
+            raise BundleError(f"{fpath}: cannot read: {e.strerror or e}") from None
         _require(actual == files[part]["sha256"], fpath,
                  f"sha256 mismatch: manifest says {files[part]['sha256'][:16]}…, file is {actual[:16]}… "
                  "(corrupt or replaced file)")
@@ -316,4 +403,5 @@ def load_bundle(path: str | Path | None = None, providers: list[str] | None = No
     return Bundle(path=root, manifest=manifest, preprocessor=pre, backbone_session=backbone, head_session=head)
 
 
-__all__ = ["Bundle", "BundleError", "ConfigError", "load_bundle", "write_bundle", "default_model_path", "sha256_file"]
+__all__ = ["Bundle", "BundleError", "ConfigError", "load_bundle", "write_bundle", "default_model_path", "package_dir",
+           "refuse_package_path", "sha256_file", "validation_figures", "validation_summary"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from calibration.errors import ConfigError
 from firmware_bridge.protocol import ErrorCounters
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,24 @@ class Watchdog:
                 s.sendall(message.encode())
         except OSError as e:
             log.warning("sd_notify(%s) failed: %s", message, e)
+
+    def check(self) -> None:
+        """Stroke the watchdog file once, refusing one the daemon cannot touch.
+
+        A supervisor watching a file that never changes would restart a healthy
+        daemon forever; better to refuse the configuration at start.
+
+        Raises
+        ------
+        ConfigError
+            The file cannot be created or its time set.
+        """
+        if self.path is None:
+            return
+        try:
+            self.path.touch()
+        except OSError as e:
+            raise ConfigError(f"watchdog file {self.path}: {e.strerror or e}") from None
 
     def ready(self) -> None:
         self._notify("READY=1")

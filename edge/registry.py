@@ -4,6 +4,7 @@ Layout::
 
     STATE_DIR/
       active.json                pointer to the active entry (replaced atomically)
+      .active.last-good.json     copy of the last pointer written, to recover from outside damage
       trusted-keys/              default trusted keys (*.public.pem, *.hmac), optional
       models/
         <model_id>.<sha8>/       one installed bundle (manifest, signature, ONNX files,
@@ -26,7 +27,9 @@ The running daemon notices a switch with :meth:`Registry.active_id` (a stat;
 a small read only when the pointer file changed), loads the new entry with
 :meth:`Registry.load` (signature, hashes, graphs) beside the old model, and swaps
 between two spectra; :class:`ModelWatcher` packages that.  A model that fails to
-load is refused and the old one keeps running.
+load is refused and the old one keeps running; the refusal and its reason are
+kept for `raman-edge status`.  The trust store is read again for every model the
+watcher verifies, so keys added while the daemon runs count.
 """
 from __future__ import annotations
 
@@ -43,22 +46,33 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
-from calibration.errors import BundleError, RamanEdgeError
+from calibration.errors import BundleError, ConfigError, RamanEdgeError
 
-from .bundle import MANIFEST, Bundle
+from .bundle import MANIFEST, Bundle, validation_figures, validation_summary
 from .signing import SIGNATURE, SignatureInfo, TrustedKeys, TrustSpec, as_trusted_keys, load_trusted_bundle
 
 log = logging.getLogger(__name__)
 
 ACTIVE = "active.json"
+ACTIVE_BACKUP = ".active.last-good.json"
 ACTIVE_FORMAT = "raman-edge.registry-active"
 ACTIVE_VERSION = 1
 INSTALL_RECORD = "install.json"
 MODELS = "models"
 TRUSTED_KEYS_DIR = "trusted-keys"
 _MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+class PointerError(BundleError, ConfigError):
+    """``active.json`` is unreadable or malformed.
+
+    It is always replaced atomically, so this means damage from outside; it is a
+    configuration error (exit status 2): restarting cannot repair it, and
+    ``raman-edge model active --set ID`` does.
+    """
 
 
 def _utc_now() -> str:
@@ -127,12 +141,14 @@ class RegistryEntry:
     signature: dict[str, Any] | None
     active: bool
     problem: str | None = None  # set when the entry's manifest or install record cannot be read
+    validation: dict[str, float | int] | None = None  # figures the manifest records (edge.bundle.validation_figures)
+    validation_text: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "model_id": self.model_id,
                 "manifest_sha256": self.manifest_sha256, "classes": self.classes,
                 "installed_utc": self.installed_utc, "source": self.source, "signature": self.signature,
-                "active": self.active, "problem": self.problem}
+                "active": self.active, "problem": self.problem, "validation": self.validation}
 
 
 @dataclass(frozen=True)
@@ -181,6 +197,28 @@ class Registry:
 
     # ------------------------------------------------------------------ reading
 
+    def _parse_pointer(self, path: Path, data: bytes) -> ActivePointer:
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PointerError(f"{path}: unreadable active-model pointer ({e}); "
+                               "`raman-edge model active --set ID` replaces it") from None
+        try:
+            if not isinstance(doc, dict):
+                raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+            if doc.get("format") != ACTIVE_FORMAT or doc.get("version") != ACTIVE_VERSION:
+                raise ValueError(f"format/version {doc.get('format')!r}/{doc.get('version')!r}")
+            entry, previous = doc["entry"], doc.get("previous")
+            if not isinstance(entry, str) or not _ENTRY_RE.match(entry):
+                raise ValueError(f"entry {entry!r} is not an entry name")
+            if previous is not None and (not isinstance(previous, str) or not _ENTRY_RE.match(previous)):
+                raise ValueError(f"previous {previous!r} is not an entry name")
+            return ActivePointer(entry, str(doc["model_id"]), str(doc["manifest_sha256"]), previous,
+                                 str(doc.get("switched_utc", "")), str(doc.get("switch_id", "")))
+        except (KeyError, ValueError) as e:
+            raise PointerError(f"{path}: malformed active-model pointer ({e}); "
+                               "`raman-edge model active --set ID` replaces it") from None
+
     def active(self) -> ActivePointer | None:
         """The active pointer, or None when nothing was ever activated.
 
@@ -189,7 +227,7 @@ class Registry:
 
         Raises
         ------
-        BundleError
+        PointerError
             ``active.json`` is unreadable or malformed (it is always replaced
             atomically, so this means outside damage).
         """
@@ -198,24 +236,28 @@ class Registry:
         except FileNotFoundError:
             self._active_cache = None
             return None
+        except OSError as e:
+            raise PointerError(f"{self.active_path}: cannot read the active-model pointer: {e.strerror or e}") from None
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._active_cache is not None and self._active_cache[0] == stamp:
             return self._active_cache[1]
         try:
-            doc = json.loads(self.active_path.read_text())
+            data = self.active_path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{self.active_path}: unreadable active-model pointer: {e}") from None
-        try:
-            if doc.get("format") != ACTIVE_FORMAT or doc.get("version") != ACTIVE_VERSION:
-                raise ValueError(f"format/version {doc.get('format')!r}/{doc.get('version')!r}")
-            ptr = ActivePointer(str(doc["entry"]), str(doc["model_id"]), str(doc["manifest_sha256"]),
-                                doc.get("previous"), str(doc.get("switched_utc", "")), str(doc.get("switch_id", "")))
-        except (AttributeError, KeyError, ValueError) as e:
-            raise BundleError(f"{self.active_path}: malformed active-model pointer ({e})") from None
+        except OSError as e:
+            raise PointerError(f"{self.active_path}: cannot read the active-model pointer: {e.strerror or e}") from None
+        ptr = self._parse_pointer(self.active_path, data)
         self._active_cache = (stamp, ptr)
         return ptr
+
+    def last_good(self) -> ActivePointer | None:
+        """The last pointer this registry wrote (its backup copy), or None when absent or unreadable too."""
+        path = self.root / ACTIVE_BACKUP
+        try:
+            return self._parse_pointer(path, path.read_bytes())
+        except (OSError, PointerError):
+            return None
 
     def active_id(self) -> str | None:
         """Name of the active entry (changes whenever another model is activated), or None."""
@@ -226,7 +268,7 @@ class Registry:
         try:
             return self.active()
         except BundleError:
-            return None  # a damaged pointer is simply replaced by the next switch
+            return self.last_good()  # a damaged pointer is simply replaced by the next switch
 
     def _entry_dirs(self) -> list[Path]:
         if not self.models_dir.is_dir():
@@ -237,6 +279,7 @@ class Registry:
     def _read_entry(self, path: Path, active: str | None) -> RegistryEntry:
         problem = None
         model_id = sha = classes = installed = source = signature = None
+        figures = text = None
         try:
             rec = json.loads((path / INSTALL_RECORD).read_text())
             model_id, sha = rec.get("model_id"), rec.get("manifest_sha256")
@@ -244,8 +287,14 @@ class Registry:
             classes = rec.get("classes")
         except (OSError, ValueError, AttributeError) as e:
             problem = f"install record unreadable: {e}"
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            if isinstance(manifest, dict):
+                figures, text = validation_figures(manifest), validation_summary(manifest)
+        except (OSError, ValueError) as e:
+            problem = problem or f"manifest unreadable: {e}"
         return RegistryEntry(path.name, path, model_id, sha, classes, installed, source, signature,
-                             path.name == active, problem)
+                             path.name == active, problem, figures, text)
 
     def entries(self) -> list[RegistryEntry]:
         """Installed entries, oldest install first (no ONNX file is read)."""
@@ -290,16 +339,17 @@ class Registry:
         return bundle
 
     def load_active(self, trusted_keys: TrustSpec = None, allow_unsigned: bool = False,
-                    providers: list[str] | None = None) -> Bundle:
-        """Verify and load the active model.
+                    providers: list[str] | None = None, pointer: ActivePointer | None = None) -> Bundle:
+        """Verify and load the active model (or the entry ``pointer`` names, e.g. :meth:`last_good`).
 
         Raises
         ------
         BundleError
-            No model is active, the active entry is missing, damaged, unsigned or
-            mis-signed, or differs from what the pointer recorded.
+            No model is active, the pointer is damaged (:class:`PointerError`), the
+            active entry is missing, damaged, unsigned or mis-signed, or differs
+            from what the pointer recorded.
         """
-        ptr = self.active()
+        ptr = pointer or self.active()
         if ptr is None:
             raise BundleError(f"{self.root}: no model installed (no {ACTIVE}); "
                               "use `raman-edge model install BUNDLE`")
@@ -437,7 +487,9 @@ class Registry:
             previous = current.previous
         ptr = ActivePointer(name, model_id, manifest_sha256, previous, _utc_now(), secrets.token_hex(8))
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_durable(self.active_path, (json.dumps(ptr.as_dict(), indent=2) + "\n").encode())
+        data = (json.dumps(ptr.as_dict(), indent=2) + "\n").encode()
+        _write_durable(self.active_path, data)
+        _write_durable(self.root / ACTIVE_BACKUP, data)  # second, so it never names a switch that did not happen
         log.info("active model is now %s (previous %s)", name, previous)
         return ptr
 
@@ -458,7 +510,7 @@ class Registry:
 
     def rollback(self, trusted_keys: TrustSpec = None, allow_unsigned: bool = False) -> RegistryEntry:
         """Re-activate the entry that was active before the current one."""
-        ptr = self.active()
+        ptr = self._active_or_none()  # a damaged pointer: roll back from the last one written
         if ptr is None or not ptr.previous:
             raise BundleError(f"{self.active_path}: no previous model to roll back to")
         return self.set_active(ptr.previous, trusted_keys, allow_unsigned)
@@ -475,66 +527,129 @@ class Registry:
         return entry
 
 
+class Swap(NamedTuple):
+    """A newly activated model, verified and loaded: what :meth:`ModelWatcher.poll` hands over."""
+
+    entry: str
+    bundle: Bundle
+    switch_id: str
+
+
+def _trust_stamp(paths: list[Path]) -> tuple[Any, ...]:
+    """What the trust store looks like on disk (names, sizes, mtimes): changes when a key is added."""
+    out: list[Any] = []
+    for p in paths:
+        try:
+            files = sorted(p.iterdir()) if p.is_dir() else [p]
+            out.append((str(p), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)))
+        except OSError:
+            out.append((str(p), None))
+    return tuple(out)
+
+
 class ModelWatcher:
     """Notices a newly activated model and loads it beside the running one.
 
     Call :meth:`poll` between spectra (or from a helper thread, since a load takes
-    as long as opening the ONNX graphs): it returns ``(entry, bundle)`` when a new
-    model was activated and verified, else None.  A model that fails verification
-    is refused once (logged, counted in ``refused``) and not retried until the
-    pointer is written again; the caller keeps its old model.
+    as long as opening the ONNX graphs): it returns a :class:`Swap` when a new model
+    was activated and verified, else None.  A model that fails verification is
+    refused (logged, counted in ``refused``, described by :attr:`refusal`) and not
+    retried until the pointer is written again or the trust store changes; the
+    caller keeps its old model.
 
     Parameters
     ----------
     registry : Registry
     trusted_keys, allow_unsigned
-        As for :meth:`Registry.load`; keys are read once here.
+        As for :meth:`Registry.load`.  Key files and directories (``None``: the
+        registry's ``trusted-keys``) are read again for every verification, so a
+        key added while the daemon runs counts; a :class:`TrustedKeys` instance is used as given.
     current : str, optional
-        The entry the daemon started with (None: started from another bundle,
-        so any active entry counts as new).
+        The entry the daemon runs (None: another bundle, e.g. the shipped one).
+    settled : ActivePointer, optional
+        A pointer already dealt with at start (refused, or overridden by an explicit
+        model path): not acted upon until it is written again.
+    refusal : dict, optional
+        Why the daemon refused the active model at start (same shape as :attr:`refusal`).
     """
 
     def __init__(self, registry: Registry, trusted_keys: TrustSpec = None, allow_unsigned: bool = False,
-                 current: str | None = None, providers: list[str] | None = None) -> None:
+                 current: str | None = None, providers: list[str] | None = None, *,
+                 settled: ActivePointer | None = None, refusal: dict[str, Any] | None = None) -> None:
         self.registry = registry
-        self.trusted_keys = registry.trusted_keys(trusted_keys)
+        self._trust_spec = trusted_keys
         self.allow_unsigned = allow_unsigned
         self.current = current
         self.providers = providers
-        self.refused = 0
+        self.refused = 1 if refusal else 0
         self.swaps = 0
-        self.last_error: str | None = None
-        self._refused_ptr: ActivePointer | None = None
-        self._pointer_error: str | None = None
+        self.refusal: dict[str, Any] | None = refusal
+        self._settled = settled
+        self._refused_stamp: tuple[Any, ...] | None = self._stamp() if refusal else None
+        self.switch_id: str | None = settled.switch_id if settled is not None and settled.entry == current else None
 
-    def poll(self) -> tuple[str, Bundle] | None:
+    @property
+    def last_error(self) -> str | None:
+        return self.refusal["reason"] if self.refusal else None
+
+    def _trust_paths(self) -> list[Path] | None:
+        spec = self._trust_spec
+        if isinstance(spec, TrustedKeys):
+            return None  # given in memory: nothing on disk to watch
+        if spec is None:
+            return [self.registry.default_trusted_keys]
+        if isinstance(spec, (str, Path)):
+            return [Path(spec)]
+        return [Path(p) for p in spec]
+
+    def _stamp(self) -> tuple[Any, ...] | None:
+        paths = self._trust_paths()
+        return None if paths is None else _trust_stamp(paths)
+
+    def _refuse(self, ptr: ActivePointer | None, reason: str) -> None:
+        self.refused += 1
+        self.refusal = {"entry": ptr.entry if ptr else None, "model_id": ptr.model_id if ptr else None,
+                        "switch_id": ptr.switch_id if ptr else None, "reason": reason, "at": _utc_now()}
+        self._settled = ptr
+        self._refused_stamp = self._stamp()
+        what = f"model {ptr.entry}" if ptr else "the active-model pointer"
+        log.error("refusing %s: %s; keeping model %s", what, reason, self.current or "(shipped)")
+
+    def _is_new(self, ptr: ActivePointer) -> bool:
+        if ptr != self._settled:
+            return True
+        # A refusal is retried once the trust store changed (e.g. the missing key was added).
+        return (self.refusal is not None and self.refusal.get("switch_id") == ptr.switch_id
+                and self._stamp() != self._refused_stamp)
+
+    def poll(self) -> Swap | None:
         try:
             ptr = self.registry.active()
         except RamanEdgeError as e:
-            if str(e) != self._pointer_error:
-                log.error("%s; keeping model %s", e, self.current)
-                self._pointer_error = str(e)
+            if self.refusal is None or self.refusal["reason"] != str(e):
+                self._refuse(None, str(e))
             return None
-        self._pointer_error = None
-        if ptr is None or ptr.entry == self.current or ptr == self._refused_ptr:
+        if ptr is None or not self._is_new(ptr):
+            return None
+        if ptr.entry == self.current:
+            self._settled, self.switch_id, self.refusal = ptr, ptr.switch_id, None  # re-activated: nothing to load
             return None
         try:
-            bundle = self.registry.load(ptr.entry, self.trusted_keys, self.allow_unsigned, self.providers)
+            keys = self.registry.trusted_keys(self._trust_spec)  # read now: keys added since start count
+            bundle = self.registry.load_active(keys, self.allow_unsigned, self.providers, pointer=ptr)
         except RamanEdgeError as e:
-            self.refused += 1
-            self.last_error = str(e)
-            self._refused_ptr = ptr
-            log.error("refusing model %s: %s; keeping model %s", ptr.entry, e, self.current)
+            self._refuse(ptr, str(e))
             return None
         try:
             if self.registry.active() != ptr:
                 return None  # switched again while loading: take the newer one on the next poll
         except RamanEdgeError:
             return None  # the pointer error is reported by the next poll
-        log.info("model %s verified and loaded; swapping from %s", ptr.entry, self.current)
-        self.current = ptr.entry
+        log.info("model %s verified and loaded; swapping from %s", ptr.entry, self.current or "(shipped)")
+        self.current, self.switch_id, self._settled, self.refusal = ptr.entry, ptr.switch_id, ptr, None
         self.swaps += 1
-        return ptr.entry, bundle
+        return Swap(ptr.entry, bundle, ptr.switch_id)
 
 
-__all__ = ["ActivePointer", "InstallResult", "ModelWatcher", "Registry", "RegistryEntry", "entry_name"]
+__all__ = ["ACTIVE", "ACTIVE_BACKUP", "ActivePointer", "InstallResult", "ModelWatcher", "PointerError", "Registry",
+           "RegistryEntry", "Swap", "entry_name"]

@@ -28,16 +28,18 @@ with its own manifest) will be signed the same way with ``covers`` naming its
 manifest; :func:`verify_manifest` already takes the file name.
 
 Trust policy (:func:`check_trust`): the bundle shipped inside the package is
-trusted as part of the installed software (also when copied elsewhere: trust
-follows its manifest hash, not its path); any other bundle needs a valid
-signature from a trusted key, unless unsigned bundles are allowed (development).
+trusted as part of the installed software by its content, never by its path:
+its manifest's sha256 is recorded here (:data:`SHIPPED_MANIFEST_SHA256`), and the
+manifest holds the sha256 of every file the load checks.  A bundle at the
+shipped path whose content differs is just another unsigned bundle.  Any other
+bundle needs a valid signature from a trusted key, unless unsigned bundles are
+allowed (development).
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import datetime as _dt
-import functools
 import hashlib
 import hmac
 import json
@@ -51,9 +53,23 @@ from typing import Any, Iterable, Iterator, Union
 
 from calibration.errors import BundleError, ConfigError
 
-from .bundle import MANIFEST, Bundle, default_model_path, load_bundle
+from .bundle import MANIFEST, Bundle, load_bundle
 
 log = logging.getLogger(__name__)
+
+# sha256 of edge/models/default/manifest.json as released (tests/test_signing_verify.py
+# checks it against the file): rebuilding the shipped model means updating it here.
+SHIPPED_MANIFEST_SHA256 = "856ed878a822e844d489a96fa54adfc8ca8afae730ea11fab6b5cf0cd16aa7f5"
+
+
+class TrustError(BundleError, ConfigError):
+    """A bundle is unsigned or signed by a key that is not trusted here.
+
+    Both a :class:`BundleError` (callers that refuse bad bundles catch it) and a
+    :class:`ConfigError` (exit status 2): the bundle may be fine, the trust
+    configuration (trusted keys, ``--allow-unsigned``) does not admit it, and
+    restarting will not change that.
+    """
 
 SIGNATURE = "signature.json"
 SIGNATURE_FORMAT = "raman-edge.signature"
@@ -488,7 +504,7 @@ def verify_manifest(path: str | Path, trusted_keys: TrustSpec, allow_unsigned: b
         if allow_unsigned:
             log.warning("%s: unsigned bundle accepted (unsigned bundles are allowed: development only)", root)
             return SignatureInfo(root, UNSIGNED, digest)
-        raise BundleError(f"{root}: unsigned bundle (no {SIGNATURE}); refused. Sign it on the ground with "
+        raise TrustError(f"{root}: unsigned bundle (no {SIGNATURE}); refused. Sign it on the ground with "
                           f"`raman-edge sign {root} --key PRIVATE_KEY`, or allow unsigned bundles (development only)")
     try:
         doc = json.loads(sig_path.read_text())
@@ -524,7 +540,7 @@ def verify_manifest(path: str | Path, trusted_keys: TrustSpec, allow_unsigned: b
             log.warning("%s: signed by key %s which is not trusted here; accepted (unsigned bundles are "
                         "allowed: development only)", root, key_id)
             return SignatureInfo(root, UNVERIFIED, digest, algorithm, key_id)
-        raise BundleError(f"{sig_path}: signed by unknown key id {key_id} ({algorithm}); refused. "
+        raise TrustError(f"{sig_path}: signed by unknown key id {key_id} ({algorithm}); refused. "
                           f"Trusted keys: {known}")
     if key.algorithm != algorithm:
         raise BundleError(f"{sig_path}: says {algorithm} but trusted key {key.name} ({key_id}) is {key.algorithm}; "
@@ -558,38 +574,35 @@ def verify_bundle(path: str | Path, trusted_keys: TrustSpec, allow_unsigned: boo
     return verify_manifest(path, trusted_keys, allow_unsigned, MANIFEST)
 
 
-@functools.lru_cache(maxsize=1)
-def _builtin_manifest_sha256() -> str | None:
-    try:
-        return hashlib.sha256((default_model_path() / MANIFEST).read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def is_builtin(path: str | Path) -> bool:
-    """True for the shipped bundle or a byte-identical copy of its manifest."""
-    root = Path(path)
+    """True when ``path`` holds the shipped bundle's exact manifest (wherever it lies).
+
+    Content, not location: a bundle written over the shipped directory is not
+    trusted because of where it is.  The manifest pins every other file by sha256,
+    which :func:`edge.bundle.load_bundle` checks.
+    """
     try:
-        if root.resolve() == default_model_path().resolve():
-            return True
-        digest = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
+        digest = hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()
     except OSError:
         return False
-    return digest == _builtin_manifest_sha256()
+    return hmac.compare_digest(digest, SHIPPED_MANIFEST_SHA256)
 
 
 def check_trust(path: str | Path, trusted_keys: TrustSpec, allow_unsigned: bool = False) -> SignatureInfo:
     """The trust policy the daemon and the CLI apply before running any bundle.
 
-    The shipped model (``edge.bundle.default_model_path()``, or a copy with the
-    same manifest: its ONNX hashes are then checked by the load) is trusted as
-    part of the installed software; any other bundle needs a valid signature
+    The shipped model (any directory whose manifest is byte-identical to the one
+    released, :data:`SHIPPED_MANIFEST_SHA256`; its other files are then checked by
+    the load) is trusted as part of the installed software; any other bundle needs a valid signature
     from a trusted key unless ``allow_unsigned`` (development).
 
     Raises
     ------
+    TrustError
+        Unsigned, or signed by a key not trusted here (exit status 2).
     BundleError
-        As :func:`verify_bundle`.
+        Otherwise as :func:`verify_bundle` (a signature that fails, a manifest
+        changed after signing: damage or tampering).
     """
     root = Path(path)
     if is_builtin(root):
@@ -619,8 +632,8 @@ def load_trusted_bundle(path: str | Path, trusted_keys: TrustSpec, allow_unsigne
 
 
 __all__ = [
-    "ALGORITHMS", "BUILTIN", "ED25519", "HMAC_SHA256", "SIGNATURE", "SIGNED", "UNSIGNED", "UNVERIFIED",
-    "GeneratedKey", "SignatureInfo", "SigningKey", "TrustedKeys", "VerifyKey",
+    "ALGORITHMS", "BUILTIN", "ED25519", "HMAC_SHA256", "SHIPPED_MANIFEST_SHA256", "SIGNATURE", "SIGNED",
+    "UNSIGNED", "UNVERIFIED", "GeneratedKey", "SignatureInfo", "SigningKey", "TrustError", "TrustedKeys", "VerifyKey",
     "as_trusted_keys", "check_trust", "generate_key", "is_builtin", "load_signing_key", "load_trusted_bundle",
     "load_verify_key", "sign_bundle", "sign_manifest", "signing_payload", "verify_bundle", "verify_manifest",
 ]

@@ -191,7 +191,7 @@ def test_cli_add_export_install(world: dict, tmp_path: Path) -> None:
     (state / "trusted-keys").mkdir(parents=True)
     shutil.copy(world["key"].public, state / "trusted-keys")
     res = r.invoke(main, ["model", "install", str(tmp_path / "c.head"), "--state-dir", str(state)])
-    assert res.exit_code == 1 and "install the parent bundle first" in res.output
+    assert res.exit_code == 2 and "install the parent bundle first" in res.output
     for src in (world["parent"].path, tmp_path / "c.head"):
         res = r.invoke(main, ["model", "install", str(src), "--state-dir", str(state)])
         assert res.exit_code == 0, res.output
@@ -204,12 +204,12 @@ def test_cli_errors_are_one_clear_line(world: dict, tmp_path: Path) -> None:
     r = CliRunner()
     res = r.invoke(main, ["head", "add", "--model", str(world["dir"] / "bare"), "--data",
                           str(world["files"]["new_train"]), "--out", str(tmp_path / "x")])
-    assert res.exit_code == 1 and "raman-edge: error:" in res.output and "head support" in res.output
+    assert res.exit_code == 2 and "raman-edge: error:" in res.output and "head support" in res.output
     res = r.invoke(main, ["head", "add", "--model", str(world["parent"].path), "--data",
                           str(world["files"]["old_test"]), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "already in model" in res.output
     res = r.invoke(main, ["head", "export", "--model", str(world["child"].path), "--out", str(tmp_path / "u.head")])
-    assert res.exit_code == 1 and "unsigned bundle" in res.output
+    assert res.exit_code == 2 and "unsigned bundle" in res.output
     res = r.invoke(main, ["head", "support", "--model", str(world["dir"] / "bare"), "--data",
                           str(world["files"]["old_train"]), "--out", str(tmp_path / "s")])
     assert res.exit_code == 0 and "support for 5 classes" in res.output
@@ -257,7 +257,7 @@ def test_ground_verify_of_a_head_file(world: dict, tmp_path: Path) -> None:
     res = r.invoke(main, args + ["--trusted-keys", str(world["key"].public)])
     assert res.exit_code == 0 and "OK: model" in res.output and "signed" in res.output, res.output
     res = r.invoke(main, args + ["--trusted-keys", str(world["other"].public)])
-    assert res.exit_code == 1 and "unknown key id" in res.output
+    assert res.exit_code == 2 and "unknown key id" in res.output  # an untrusted key is configuration
     res = r.invoke(main, ["head", "verify", str(world["head"].path), "--parent", str(world["dir"] / "bare"),
                           "--trusted-keys", str(world["key"].public)])
     assert res.exit_code == 0, res.output  # the bare bundle has the same backbone

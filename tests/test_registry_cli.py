@@ -68,14 +68,14 @@ def test_refusals_are_one_clear_line_and_leave_the_active_model(tmp_path: Path, 
 
     unsigned = make_test_bundle(tmp_path / "unsigned", minerals=["Quartz", "Hematite"])
     code, out = _run("model", "install", unsigned, "--state-dir", state)
-    assert code == 1 and "raman-edge: error:" in out and "unsigned bundle" in out, out
+    assert code == 2 and "raman-edge: error:" in out and "unsigned bundle" in out, out  # trust: configuration
 
     tampered = shutil.copytree(good, tmp_path / "tampered")
     doc = json.loads((tampered / "manifest.json").read_text())
     doc["classes"][0], doc["classes"][1] = doc["classes"][1], doc["classes"][0]  # swap two labels
     (tampered / "manifest.json").write_text(json.dumps(doc))
     code, out = _run("model", "install", tampered, "--state-dir", state)
-    assert code == 1 and "manifest changed after signing" in out, out
+    assert code == 2 and "manifest changed after signing" in out, out  # a damaged model: no restart mends it
 
     assert (state / "active.json").read_bytes() == active
     code, out = _run("model", "install", unsigned, "--state-dir", state, "--allow-unsigned")
@@ -84,7 +84,7 @@ def test_refusals_are_one_clear_line_and_leave_the_active_model(tmp_path: Path, 
     code, out = _run("keys", "generate", "--out", keys, "--name", "ground")
     assert code == 2 and "already exists" in out  # a ConfigError: exit status 2
     code, out = _run("model", "active", "--state-dir", state, "--set", "nothing-like-this")
-    assert code == 1 and "no installed model matches" in out
+    assert code == 2 and "no installed model matches" in out
 
 
 def test_hmac_key_workflow(tmp_path: Path, test_bundle: Path) -> None:
@@ -95,3 +95,31 @@ def test_hmac_key_workflow(tmp_path: Path, test_bundle: Path) -> None:
     assert _run("sign", b, "--key", keys / "team.hmac")[0] == 0
     code, out = _run("model", "install", b, "--state-dir", state, "--trusted-keys", keys / "team.hmac")
     assert code == 0 and "hmac-sha256" in out, out
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_no_command_writes_into_the_installed_package(tmp_path: Path) -> None:
+    from edge.bundle import default_model_path
+
+    from .conftest import make_npz
+
+    shipped = default_model_path()
+    before = _tree_digest(shipped.parent)
+    data = make_npz(tmp_path / "new.npz", minerals=["Calcite"])
+    key = tmp_path / "keys" / "ground.private.pem"
+    _run("keys", "generate", "--out", key.parent, "--name", "ground")
+    for args in (["head", "add", "--model", shipped, "--data", data, "--out", shipped],
+                 ["head", "add", "--model", shipped, "--data", data, "--out", shipped.parent / "mine"],
+                 ["head", "support", "--model", shipped, "--data", data, "--out", shipped],
+                 ["head", "export", "--model", shipped, "--out", shipped.parent / "default.head", "--unsigned"],
+                 ["sign", shipped, "--key", key]):
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        assert r.exit_code == 2, (args, r.output)
+        assert r.stderr.count("\n") == 1 and "inside the installed raman-edge package" in r.stderr, r.stderr
+    assert _tree_digest(shipped.parent) == before

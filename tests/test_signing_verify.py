@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import hashlib
 import json
 import shutil
 import stat
@@ -13,7 +14,8 @@ import pytest
 from calibration.errors import BundleError, ConfigError
 from edge.bundle import default_model_path
 from edge.signing import (
-    BUILTIN, ED25519, HMAC_SHA256, SIGNATURE, SIGNED, UNSIGNED, UNVERIFIED, TrustedKeys, check_trust, generate_key,
+    BUILTIN, ED25519, HMAC_SHA256, SHIPPED_MANIFEST_SHA256, SIGNATURE, SIGNED, UNSIGNED, UNVERIFIED, TrustedKeys,
+    TrustError, check_trust, generate_key,
     load_signing_key, load_trusted_bundle, load_verify_key, sign_bundle, verify_bundle,
 )
 
@@ -169,6 +171,23 @@ def test_shipped_model_is_trusted_by_content_not_by_location(tmp_path: Path) -> 
     _edit_json(copy / "manifest.json", temperature=3.0)  # no longer the shipped model
     with pytest.raises(BundleError, match="unsigned"):
         check_trust(copy, None)
+
+
+def test_shipped_manifest_hash_is_recorded_in_the_package() -> None:
+    """Rebuilding the shipped model means updating SHIPPED_MANIFEST_SHA256 with it."""
+    actual = hashlib.sha256((default_model_path() / "manifest.json").read_bytes()).hexdigest()
+    assert actual == SHIPPED_MANIFEST_SHA256
+
+
+def test_other_content_at_the_shipped_path_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust follows the content: a bundle written where the shipped one lives is just an unsigned bundle."""
+    fake = _copy(default_model_path(), tmp_path / "models" / "default")
+    _edit_json(fake / "manifest.json", temperature=0.28)
+    for module in ("edge.bundle", "edge.signing"):
+        monkeypatch.setattr(f"{module}.default_model_path", lambda: fake, raising=False)
+    with pytest.raises(TrustError, match="unsigned bundle") as info:
+        check_trust(fake, None)
+    assert info.value.exit_code == 2
 
 
 def test_sign_refuses_a_broken_bundle(tmp_path: Path, test_bundle: Path, keys: dict) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from ..options import FiniteFloatRange
+
 
 def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KiB"
@@ -23,10 +25,10 @@ def head() -> None:
 @click.option("--data", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="Labelled RAW spectra of the new minerals (.npz: spectra, labels, wavenumbers).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="New bundle directory (replaced atomically when it exists).")
+              help="New bundle directory (replaced atomically when it exists; never inside the installed package).")
 @click.option("--replace", is_flag=True,
               help="Head over the data's classes alone (the paper's protocol) instead of old + new classes.")
-@click.option("--l2", type=click.FloatRange(min=0.0), default=None, help="Ridge penalty (default: edge.head.DEFAULT_L2).")
+@click.option("--l2", type=FiniteFloatRange(min=0.0), default=None, help="Ridge penalty (default: edge.head.DEFAULT_L2).")
 @click.option("--exemplars", type=click.IntRange(min=1), default=None,
               help="Exemplar feature vectors kept per new class in the bundle's support.")
 @click.option("--synthetic-support", is_flag=True,
@@ -40,8 +42,10 @@ def add(model: Path, data: Path, out: Path, replace: bool, l2: float | None, exe
     The backbone file is copied byte for byte; the old classes are kept through MODEL's
     support part (create it with `raman-edge head support`), unless --replace.
     """
+    from edge.bundle import refuse_package_path
     from edge.head import add_head
 
+    refuse_package_path(out, "--out")
     opts: dict = {"command": shlex.join(["raman-edge", *sys.argv[1:]])}
     if l2 is not None:
         opts["l2"] = l2
@@ -77,12 +81,15 @@ def add(model: Path, data: Path, out: Path, replace: bool, l2: float | None, exe
 @click.option("--data", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="The model's training spectra (raw .npz): every class of the model must occur.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Bundle to write (may be MODEL itself; its signature must then be renewed).")
+              help="Bundle to write (may be MODEL itself, its signature must then be renewed; never inside the "
+                   "installed package).")
 @click.option("--exemplars", type=click.IntRange(min=1), default=None, help="Exemplars kept per class.")
 def support(model: Path, data: Path, out: Path, exemplars: int | None) -> None:
     """Write a copy of MODEL with backbone-feature statistics and exemplars of its classes (for `head add`)."""
+    from edge.bundle import refuse_package_path
     from edge.head import DEFAULT_EXEMPLARS, add_support
 
+    refuse_package_path(out, "--out")
     b = add_support(model, data, out, exemplars=exemplars or DEFAULT_EXEMPLARS)
     s = b.manifest["support"]
     click.echo(f"{out}: model {b.model_id} with support for {s['classes']} classes ({s['exemplars']} exemplars, "
@@ -99,8 +106,10 @@ def support(model: Path, data: Path, out: Path, exemplars: int | None) -> None:
 @click.option("--unsigned", is_flag=True, help="DEVELOPMENT ONLY: write an unsigned head file.")
 def export(model: Path, out: Path, key_path: Path | None, unsigned: bool) -> None:
     """Write MODEL without its backbone as one small signed file for `raman-edge model install FILE`."""
+    from edge.bundle import refuse_package_path
     from edge.headfile import export_head
 
+    refuse_package_path(out, "--out")
     info = export_head(model, out, key=key_path, allow_unsigned=unsigned)
     click.echo(f"{out}: head of model {info.model_id}, {_kb(info.bytes)} ({info.bytes / info.bundle_bytes:.1%} of the "
                f"{_kb(info.bundle_bytes)} bundle); {'signed' if info.signed else 'UNSIGNED'}")

@@ -15,9 +15,12 @@ def sign(bundle: Path, key_path: Path, no_check: bool) -> None:
     """Sign BUNDLE: writes BUNDLE/signature.json over its manifest (which hashes every ONNX file).
 
     The bundle is loaded first (hashes, graphs) so that a broken bundle is never signed.
+    A bundle inside the installed package (the shipped model) is refused: copy it first.
     """
+    from edge.bundle import refuse_package_path
     from edge.signing import sign_bundle
 
+    refuse_package_path(bundle, "BUNDLE")  # the shipped model is trusted by its content; it is never signed in place
     info = sign_bundle(bundle, key_path, check=not no_check)
     click.echo(f"{bundle}: signed ({info.algorithm}, key {info.key_name} {info.key_id}); "
                f"manifest sha256 {info.manifest_sha256}")
