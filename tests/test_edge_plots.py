@@ -96,3 +96,100 @@ def test_bench_plots_without_matplotlib_names_the_extra(tmp_path: Path, test_bun
     assert r.exit_code == 1 and "matplotlib" in r.output and "raman-edge[plot]" in r.output
     assert "Traceback" not in r.output
     assert not db.exists() and not (tmp_path / "figs").exists()  # refused before any work
+
+
+# --------------------------------------------------------------------------- confusion matrix at many classes
+
+def _many_class_confusion(k: int = 63) -> list[list]:
+    """k classes of 5 spectra; classes 0-5 confused with their neighbour, the rest all right."""
+    names = [f"Mineral{i:02d}" for i in range(k)]
+    rows = []
+    for i, n in enumerate(names):
+        wrong = {0: 4, 1: 3, 2: 2, 3: 1, 4: 1, 5: 1}.get(i, 0)
+        rows.append([n, n, 5 - wrong])
+        if wrong:
+            rows.append([n, names[i + 1], wrong])
+    return [r for r in rows if r[2] > 0]
+
+
+def test_confused_pairs_most_spectra_first() -> None:
+    from edge.plots import confused_pairs
+
+    pairs = confused_pairs(_many_class_confusion())
+    assert [(t, p, n) for t, p, n, _ in pairs[:3]] == [("Mineral00", "Mineral01", 4), ("Mineral01", "Mineral02", 3),
+                                                       ("Mineral02", "Mineral03", 2)]
+    assert pairs[0][3] == pytest.approx(0.8) and len(pairs) == 6
+    assert confused_pairs(_many_class_confusion(), limit=2) == pairs[:2]
+    assert confused_pairs([["A", "A", 3]]) == []
+
+
+def test_many_classes_draw_only_the_confused_ones_and_a_pairs_table(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from edge.plots import confusion_matrix_plot
+
+    svg = confusion_matrix_plot(_many_class_confusion(), tmp_path / "c.svg", title="Confusion: m").read_text()
+    # matplotlib's SVG writer keeps each drawn string as a comment beside its glyphs.
+    assert "most confused pairs" in svg and "Mineral00" in svg and "Mineral06" in svg  # 06: predicted for 05
+    assert "Mineral07" not in svg and "Mineral62" not in svg  # every spectrum right: not drawn
+    assert "56 with every spectrum right" in svg
+    few = confusion_matrix_plot(_many_class_confusion(12), tmp_path / "f.svg").read_text()
+    assert "Mineral11" in few and "most confused pairs" not in few  # up to 20 classes: the whole matrix
+
+
+def test_many_confused_classes_get_a_figure_that_fits_their_names(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from edge.plots import confusion_matrix_plot
+
+    k = 63
+    names = [f"Mineral{i:02d}" for i in range(k)]
+    confusion = [[n, names[(i + 1) % k], 1] for i, n in enumerate(names)] + [[n, n, 3] for n in names]
+    png = confusion_matrix_plot(confusion, tmp_path / "c.png")
+    w, h = Image.open(png).size
+    assert h >= k * 0.2 * 120 and w > h  # a 0.2-inch cell per class at 120 dpi, the pairs table beside
+    svg = confusion_matrix_plot(confusion, tmp_path / "p.svg").read_text()
+    assert all(n in svg for n in names)
+
+
+def test_real_63_class_bench_plot(tmp_path: Path) -> None:
+    """The shipped model on its training spectra with the axis 25 cm-1 off: every class confused somewhere."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from .conftest import shared_data
+
+    d = dict(np.load(shared_data("rruff-soysal", "raw_train.npz")))
+    d["wavenumbers"] = d["wavenumbers"] + 25.0
+    shifted = tmp_path / "shifted.npz"
+    np.savez(shifted, **d)
+    figs = tmp_path / "figs"
+    r = CliRunner().invoke(main, ["bench", "--data", str(shifted), "--no-db", "--plots", str(figs)])
+    assert r.exit_code == 0, r.output
+    w, h = Image.open(figs / "confusion.png").size
+    assert h >= 63 * 0.2 * 120 and w > h
+
+
+def test_plots_dir_that_cannot_be_created_is_one_line(tmp_path: Path, test_bundle: Path, noisy_npz: Path) -> None:
+    pytest.importorskip("matplotlib")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    r = CliRunner().invoke(main, ["bench", "--model", str(test_bundle), "--data", str(noisy_npz), "--no-db",
+                                  "--plots", str(blocker / "figs")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"--plots {blocker / 'figs'}" in r.output and "not a directory" in r.output
+    assert blocker.read_text() == "x"
+
+
+def test_a_full_disk_is_one_runtime_error_not_a_traceback(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    from calibration.errors import ConfigError, RamanEdgeError
+    from edge.plots import confusion_matrix_plot
+
+    full = tmp_path / "full.png"
+    full.symlink_to("/dev/full")  # every write fails with ENOSPC
+    with pytest.raises(RamanEdgeError, match=r"full\.png: cannot write the image \(No space left") as e:
+        confusion_matrix_plot([["A", "A", 2], ["A", "B", 1]], full)
+    assert e.value.exit_code == 1 and not isinstance(e.value, ConfigError)

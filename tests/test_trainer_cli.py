@@ -2,6 +2,7 @@
 import builtins
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,62 @@ def test_progress_bar_only_on_a_terminal():
             progress(entry)
     assert "1.234" in tty.getvalue() and "50.0%" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+# --------------------------------------------------------------------------- a poor fit is never signed off silently
+
+def test_random_labels_train_with_one_warning_line_and_a_manifest_record(tmp_path):
+    pytest.importorskip("torch")
+    from edge.bundle import load_bundle
+
+    p = write_synthetic_npz(tmp_path / "synth.npz", n_classes=8, per_class=8, seed=2)
+    d = dict(np.load(p))
+    d["labels"] = np.random.default_rng(0).permutation(d["labels"])  # nothing left to learn
+    np.savez(p, **d)
+    out = tmp_path / "poor"
+    r = _invoke(["--data", p, "--out", out, "--seed", "1", *FAST])  # --quiet: the warning still shows
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    warnings = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("raman-edge: warning: ")
+    b = load_bundle(out)
+    recorded = b.manifest["training"]["warnings"]
+    assert recorded and "validation top-1" in recorded[0] and ("near chance" in recorded[0] or "below" in recorded[0])
+    assert b.model_id in warnings[0] and recorded[0] in warnings[0] and "manifest.json" in warnings[0]
+    assert r.stdout == ""
+
+
+def test_fit_warnings_name_each_problem():
+    from trainer.quality import fit_warnings
+
+    calib = {"temperature": 0.28, "ece_after": 0.05, "spectra": 52}
+    found = fit_warnings({"val_top1": 0.04, "val_spectra": 52, "calibration": calib}, 63, 0.28)
+    assert found == ["validation top-1 4.0% on 52 spectra is near chance (1/63 = 1.6%)",
+                     "fitted temperature 0.28 is outside the plausible 0.5-5"]
+    assert fit_warnings({"val_top1": 0.3, "val_spectra": 40}, 63, 1.0) == ["validation top-1 30.0% on 40 spectra "
+                                                                           "is below 50%"]
+    assert "temperature 7.5" in fit_warnings({"val_top1": 0.9, "calibration": calib}, 10, 7.5)[0]
+    # No temperature was fitted: T = 1 is the default, not a finding.
+    assert fit_warnings({"val_top1": 0.9}, 10, 1.0) == []
+    # Cross-fitting (no validation split): the out-of-fold top-1 is the held-out figure.
+    oof = {"temperature": 1.0, "ece_after": 0.04, "spectra": 300, "folds": 5, "top1": 0.05}
+    assert "out-of-fold top-1 5.0% on 300 spectra is near chance" in fit_warnings({"calibration": oof}, 63, 1.0)[0]
+    # A poor calibration fit, judged only on enough spectra.
+    bad_ece = dict(oof, top1=0.9, ece_after=0.3)
+    assert "ECE(15) is still 0.300" in fit_warnings({"calibration": bad_ece}, 63, 1.0)[0]
+    assert fit_warnings({"calibration": dict(bad_ece, spectra=10)}, 63, 1.0) == []
+
+
+def test_the_shipped_model_is_signed_off_without_a_warning():
+    from edge.bundle import load_bundle
+    from trainer.quality import fit_warnings
+
+    b = load_bundle(Path(__file__).resolve().parents[1] / "edge" / "models" / "default")
+    assert fit_warnings(b.manifest["training"]["metrics"], len(b.classes), b.manifest["temperature"]) == []
+
+
+def test_help_states_the_thresholds_the_check_uses():
+    from trainer.quality import MAX_ECE, MIN_TOP1, T_RANGE
+
+    text = " ".join(_invoke(["--help"]).output.split())
+    assert f"below {MIN_TOP1:.0%}".replace("%", " %") in text and f"{T_RANGE[0]:g}-{T_RANGE[1]:g}" in text
+    assert f"above {MAX_ECE:g}" in text and "training.warnings" in text

@@ -179,7 +179,13 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
                    "nt_xent_temperature=0.5, view_aug.p_fluorescence=0.3); see docs/semi_supervised.md.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
-    """Train a mineral classifier on raw spectra and write a model bundle to OUT."""
+    """Train a mineral classifier on raw spectra and write a model bundle to OUT.
+
+    A model whose figures look poor (held-out top-1 near chance or below 50 %, a fitted
+    temperature outside 0.5-5, ECE still above 0.15 after scaling) is written all the
+    same, with one warning line on stderr and the reasons in the manifest
+    (training.warnings).
+    """
     _require_train_extra()
     from calibration.dataset import load_dataset
 
@@ -218,6 +224,16 @@ def train(data: Path, out: Path, quiet: bool, **options: Any) -> None:
             click.echo(f"temperature {c['temperature']:.3f} ({c.get('objective', 'nll')}): {where} ECE(15) "
                        f"{c['ece_before']:.3f} -> {c['ece_after']:.3f}, mean margin {c['mean_margin_before']:.3f} -> "
                        f"{c['mean_margin_after']:.3f}")
+    _warn_if_poor(bundle)  # last, where an operator reading the end of the output sees it
+
+
+def _warn_if_poor(bundle: Any) -> None:
+    """One warning line on stderr when the bundle's figures look wrong (even with --quiet)."""
+    from .quality import warning_line
+
+    found = bundle.manifest.get("training", {}).get("warnings") or []
+    if found:
+        click.echo(warning_line(bundle.model_id, found), err=True)
 
 
 def _check_semi(options: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from edge.bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, HEAD_INPUT, HEAD_OUTPU
 
 from .complexity import count_macs
 from .models import arch_of, count_parameters
+from .quality import fit_warnings
 from .train import TrainResult
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ def save_bundle(out_dir: str | Path, result: TrainResult, dataset: Dataset, *, c
         "seconds": round(result.seconds, 1),
         "metrics": result.metrics,
         "onnx_max_abs_diff": diff,
+        # Written whatever the figures, but never silently: what looks wrong travels with the bundle.
+        "warnings": fit_warnings(result.metrics, len(result.classes), result.temperature),
     }
     params = dict(model.params)
     params.update(parameters=count_parameters(model), macs=count_macs(model, model.params["points"])["total"])

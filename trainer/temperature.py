@@ -77,11 +77,12 @@ def calibrate(logits: np.ndarray, y: np.ndarray, bins: int = ECE_BINS,
     -------
     (float, dict)
         T and ``{"temperature", "objective", "ece_before", "ece_after", "nll_before", "nll_after",
-        "brier_before", "brier_after", "mean_margin_before", "mean_margin_after", "spectra"}``.
+        "brier_before", "brier_after", "mean_margin_before", "mean_margin_after", "spectra", "top1"}``
+        (``top1`` does not depend on T).
     """
     t = fit_temperature(logits, y, bounds, objective)
     before, after = confidence_summary(logits, y, 1.0, bins), confidence_summary(logits, y, t, bins)
-    return t, {"temperature": t, "objective": objective, "spectra": before["n"], "bins": bins,
+    return t, {"temperature": t, "objective": objective, "spectra": before["n"], "bins": bins, "top1": before["top1"],
                "ece_before": before["ece"], "ece_after": after["ece"],
                "nll_before": before["nll"], "nll_after": after["nll"],
                "brier_before": before["brier"], "brier_after": after["brier"],
