@@ -11,7 +11,9 @@ class RamanEdgeError(Exception):
     """Base of every error raman-edge raises on purpose.
 
     ``exit_code`` is what the command line exits with, so a supervisor can tell a
-    configuration or storage fault (do not restart) from a transient one.
+    configuration or storage fault (do not restart) from a transient one: 1 runtime
+    (a restart may fix it), 2 configuration, 3 storage.  README.md, "Exit status",
+    is the reference.
     """
 
     exit_code = 1
@@ -38,7 +40,13 @@ class SourceError(RamanEdgeError):
 
 
 class BundleError(RamanEdgeError):
-    """A model bundle is missing, corrupt, or does not match its manifest."""
+    """A model bundle is missing, corrupt, or does not match its manifest.
+
+    A configuration error: the model is what the operator chose to run, and no
+    restart can make a damaged or unknown one usable.
+    """
+
+    exit_code = 2
 
 
 class StorageError(RamanEdgeError):
@@ -49,6 +57,16 @@ class StorageError(RamanEdgeError):
 
 class ConfigError(RamanEdgeError):
     """A configuration option is invalid."""
+
+    exit_code = 2
+
+
+class SourceConfigError(SourceError, ConfigError):
+    """A source URL is mis-specified: unknown scheme, unknown option, bad option value.
+
+    A :class:`SourceError` (so a daemon's ``except SourceError`` still sees it) with the
+    exit status of a :class:`ConfigError`: restarting cannot fix a wrong URL.
+    """
 
     exit_code = 2
 

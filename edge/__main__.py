@@ -1,3 +1,4 @@
+"""``python -m edge``: the same command line as ``raman-edge``."""
 from .cli import main
 
-main()
+main(prog_name="raman-edge")

@@ -6,34 +6,104 @@ package never imports the trainer (or torch).
 """
 from __future__ import annotations
 
-import json
+import errno
+import io
+import os
 import logging
+import sqlite3
 import sys
+import textwrap
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import click
 
-from calibration.errors import RamanEdgeError
+from calibration.errors import (
+    BundleError, CalibrationError, ConfigError, RamanEdgeError, SourceError, StorageError,
+)
 
+from . import __version__
+from .options import FiniteFloatRange
 from .quantization import HEAD_PRECISIONS
 
 log = logging.getLogger("raman_edge")
 
 DEFAULT_DB = "raman-edge.sqlite"
 
+#: The exit statuses, as README.md's "Exit status" table states them (a test keeps the two
+#: in step): (status, meaning, whether a supervisor should restart the daemon after it).
+EXIT_STATUSES: tuple[tuple[int, str, bool], ...] = (
+    (0, "success", False),
+    (1, "runtime error", True),
+    (2, "configuration error", False),
+    (3, "storage error", False),
+    (130, "interrupted", True),
+)
+EXIT_RUNTIME, EXIT_CONFIG, EXIT_STORAGE, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+#: OSError numbers that mean a path given on the command line cannot be used as asked.
+_BAD_PATH_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS,
+                              errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST})
+#: OSError numbers that mean the disk (or quota) is full.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class _Group(click.Group):
-    """Turns RamanEdgeError into one clear line on stderr and its exit status (1, 2 config, 3 storage)."""
+    """The command line's last line of defence: every failure leaves as ONE line on stderr.
+
+    ``raman-edge: error: <what, where>`` and the exit status of README.md's "Exit
+    status" table; the traceback goes to the debug log only (``-vv``).  Click's own
+    exceptions (usage errors exit 2, ``--help``) keep click's handling.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except RamanEdgeError as e:
-            click.echo(f"raman-edge: error: {e}", err=True)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)  # Ctrl-C: the operator knows; no message, no traceback
+        except Exception as e:  # noqa: BLE001 - this is the one place that turns every failure into a status
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                raise  # output piped into `head`: click exits quietly
+            _fail(e, _command_params(ctx, e.__traceback__))
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        # Click's standalone mode prints a usage error as three lines (usage, hint, error);
+        # here it is one, like every other error, and parsing failures (a parameter
+        # callback) reach the same last line of defence as the commands themselves.
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:  # a group named without its command
+            click.echo(e.ctx.get_help(), err=True)
+            click.echo(f"raman-edge: error: {e.ctx.command_path}: which command? (one of the above)", err=True)
             sys.exit(e.exit_code)
+        except click.exceptions.UsageError as e:
+            where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"raman-edge: error: {where}{_one_line(e.format_message())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.ClickException as e:
+            click.echo(f"raman-edge: error: {_one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            sys.exit(EXIT_INTERRUPTED)  # Ctrl-C at a prompt
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as e:
+            if e.errno != errno.EPIPE:
+                _fail(e, {})
+            sys.stdout = open(os.devnull, "w")  # output piped into `head`: leave quietly
+            sys.exit(EXIT_RUNTIME)
+        except Exception as e:  # noqa: BLE001 - see invoke
+            _fail(e, {})
+        # A command's return value is not an exit status (see click.Command.main).
+        sys.exit(0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(_builtin()) | set(_plugins()))
@@ -47,6 +117,94 @@ class _Group(click.Group):
         return cmd
 
 
+def _fail(e: BaseException, params: dict[str, Any]) -> NoReturn:
+    """Print the one error line for ``e`` and exit with its status."""
+    code, message = _classify(e, params)
+    log.debug("%s (exit status %d)", type(e).__name__, code, exc_info=e)
+    prefix = "raman-edge: internal error:" if message is None else "raman-edge: error:"
+    click.echo(f"{prefix} {_one_line(message or _internal(e))}", err=True)
+    sys.exit(code)
+
+
+def _classify(e: BaseException, params: dict[str, Any]) -> tuple[int, str | None]:
+    """``(exit status, message)``; message ``None`` for an unexpected exception (an internal error)."""
+    if isinstance(e, RamanEdgeError):
+        return e.exit_code, str(e) or type(e).__name__
+    db = params.get("db")
+    if isinstance(e, OSError) and e.filename is None:
+        e.filename = _file_being_written(e.__traceback__)
+    if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+        return EXIT_STORAGE, f"disk full: {e.filename or params.get('out') or db or 'unknown path'} ({e.strerror})"
+    if isinstance(e, sqlite3.DatabaseError):
+        where = str(db) if db else "results database"
+        if "full" in str(e).lower():
+            return EXIT_STORAGE, f"disk full: {where} (SQLite: {e})"
+        return EXIT_STORAGE, f"{where}: SQLite cannot use it: {e}"
+    if isinstance(e, OSError) and e.filename is not None and e.errno in _BAD_PATH_ERRNOS:
+        return EXIT_CONFIG, f"{_paths(e)}: {e.strerror}"
+    if isinstance(e, OSError) and e.filename is not None:
+        return EXIT_RUNTIME, f"{_paths(e)}: {e.strerror or e}"
+    if isinstance(e, OverflowError):  # an absurd number given as an option value
+        return EXIT_CONFIG, f"a number is out of range: {e}"
+    return EXIT_RUNTIME, None
+
+
+def _file_being_written(tb: TracebackType | None) -> str | None:
+    """The name of the open file nearest to where an OSError without a path was raised.
+
+    ``f.write()`` on a full disk raises ENOSPC naming no file; the frame that called it
+    still holds the file object, and the operator needs its name.
+    """
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+    return None
+
+
+def _paths(e: OSError) -> str:
+    return f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+
+
+def _internal(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e} (run with -vv for the traceback)"
+
+
+def _one_line(message: str) -> str:
+    """``message`` as one printable line: raw bytes from a bad file must not reach the terminal."""
+    out = []
+    for ch in " ".join(message.split()) if any(c in message for c in "\r\n\t\v\f") else message:
+        out.append(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _command_params(ctx: click.Context, tb: TracebackType | None) -> dict[str, Any]:
+    """The failed command's parsed options (e.g. ``db``), to name the file in the message.
+
+    Click builds each sub-command's context inside :meth:`click.Group.invoke`; the
+    traceback still holds it as the ``ctx`` argument of the command's ``invoke``.
+    Deeper commands (``model install``) override their group's options.
+    """
+    found: dict[str, Any] = {}
+    while tb is not None:
+        sub = tb.tb_frame.f_locals.get("ctx")
+        if isinstance(sub, click.Context) and sub is not ctx and _descends(sub, ctx):
+            found.update({k: v for k, v in sub.params.items() if v is not None})
+        tb = tb.tb_next
+    return found
+
+
+def _descends(sub: click.Context, ctx: click.Context) -> bool:
+    parent = sub.parent
+    while parent is not None and parent is not ctx:
+        parent = parent.parent
+    return parent is ctx
+
+
 def _builtin() -> dict[str, Any]:
     from .commands import discover
 
@@ -58,7 +216,9 @@ def _plugins() -> dict[str, Any]:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, "-V", "--version", prog_name="raman-edge", message="%(prog)s %(version)s",
+                      help="Print the version and exit.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug, with tracebacks).")
 def main(verbose: int) -> None:
     """raman-edge: identify minerals from Raman spectra on board, in real time."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
@@ -80,7 +240,7 @@ def _interest(value: str) -> frozenset[str]:
 
 
 def _pipeline(model: Path | None, calibration: Path | None, interest: str, min_probability: float,
-              min_margin: float, top_k: int, head_precision: str = "auto") -> Any:
+              min_margin: float, top_k: int, head_precision: str = "auto", source: Any = None) -> Any:
     from calibration.axis import load_calibration
 
     from .bundle import load_bundle
@@ -90,7 +250,8 @@ def _pipeline(model: Path | None, calibration: Path | None, interest: str, min_p
     bundle = load_bundle(model)
     cal = load_calibration(calibration) if calibration else None
     policy = PriorityPolicy(min_probability=min_probability, min_margin=min_margin, interest=_interest(interest))
-    return Pipeline(bundle, calibration=cal, policy=policy, top_k=top_k, head_precision=head_precision)
+    return Pipeline(bundle, calibration=cal, policy=policy, top_k=top_k, head_precision=head_precision,
+                    source=source)
 
 
 def _policy_options(f: Any) -> Any:
@@ -98,9 +259,9 @@ def _policy_options(f: Any) -> Any:
         click.option("--calibration", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
                      help="Axis calibration JSON; overrides the one the instrument reports."),
         click.option("--interest", default="", help="Comma-separated classes that rank first for the downlink."),
-        click.option("--min-probability", type=click.FloatRange(0, 1), default=0.6, show_default=True,
+        click.option("--min-probability", type=FiniteFloatRange(0, 1), default=0.6, show_default=True,
                      help="Below this top-1 probability a result is low-confidence (ranks higher)."),
-        click.option("--min-margin", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+        click.option("--min-margin", type=FiniteFloatRange(0, 1), default=0.3, show_default=True,
                      help="Below this top-1/top-2 margin a result is low-confidence."),
         click.option("--top-k", type=click.IntRange(1, 50), default=3, show_default=True,
                      help="Classes logged per spectrum."),
@@ -114,22 +275,31 @@ def _policy_options(f: Any) -> Any:
 _RUN_HELP = """Run the daemon: acquire, calibrate, preprocess, classify and log every spectrum.
 
 Ctrl-C (or SIGTERM) stops after the spectrum in hand, drains the queues, and
-exits; every result already printed is committed to the database.  Options
+exits 0; every result already printed is committed to the database.  Options
 given here override the --config file, which overrides the defaults.
 
 \b
-Exit status: 0 done, 1 error, 2 configuration error, 3 storage error
-(disk full, read-only database): a supervisor should not restart on 2 or 3.
+{exit_status}
 
 \b
 Configuration file (TOML), every option with its default:
 """
 
 
+def _exit_status_help() -> str:
+    """The exit statuses for ``--help``, from :data:`EXIT_STATUSES` (README.md states the same)."""
+    codes = ", ".join(f"{code} {meaning}" for code, meaning, _ in EXIT_STATUSES)
+    never = " or ".join(str(code) for code, _, restart in EXIT_STATUSES if code and not restart)
+    text = (f"Exit status: {codes}.  A supervisor should not restart on {never}: restarting cannot fix "
+            "them (the systemd unit in edge/deploy does not).  An instrument missing at start is 1; "
+            "add wait=1 to a serial:// or usb:// URL to wait for it instead.")
+    return textwrap.fill(text, width=78)
+
+
 def _run_help() -> str:
     from .config import describe
 
-    return _RUN_HELP + "\b\n" + describe()
+    return _RUN_HELP.format(exit_status=_exit_status_help()) + "\b\n" + describe()
 
 
 @main.command(help=_run_help())
@@ -146,8 +316,8 @@ def _run_help() -> str:
 @click.option("--calibration", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="[calibration] path: pixel-axis calibration JSON overriding the instrument's own, or a shift-axis correction.")
 @click.option("--interest", default=None, help="[priority] interest, comma-separated.")
-@click.option("--min-probability", type=click.FloatRange(0, 1), default=None, help="[priority] min_probability.")
-@click.option("--min-margin", type=click.FloatRange(0, 1), default=None, help="[priority] min_margin.")
+@click.option("--min-probability", type=FiniteFloatRange(0, 1), default=None, help="[priority] min_probability.")
+@click.option("--min-margin", type=FiniteFloatRange(0, 1), default=None, help="[priority] min_margin.")
 @click.option("--top-k", type=click.IntRange(1, 50), default=None, help="[priority] top_k.")
 @click.option("--head-precision", type=click.Choice(HEAD_PRECISIONS), default=None, help="[model] head_precision.")
 @click.option("--trusted-keys", type=click.Path(path_type=Path), default=None, help="[model] trusted_keys.")
@@ -173,12 +343,60 @@ def run(config_path: Path | None, source: str | None, model: Path | None, db: Pa
     def live(result: Any, row: int) -> None:
         click.echo(_live_line(result))
 
-    service = build_service(cfg, on_result=None if quiet else live)
+    try:
+        service = build_service(cfg, on_result=None if quiet else live)
+    except StorageError:
+        raise
+    except RamanEdgeError as e:
+        # Nothing is acquired yet: what fails here is the model, calibration, source URL or
+        # state directory as configured, and a restart would fail the same way.  An absent
+        # instrument fails later, when the source opens (exit 1, transient).
+        raise ConfigError(f"{_config_origin(cfg, e)}{e}") from e
     click.echo(f"raman-edge: model {service.bundle.model_id} ({len(service.bundle.classes)} classes, "
                f"{service.trust.describe()}), source {cfg['source.url']}, log {cfg['store.db']}", err=True)
     counters = service.run(count=count)
-    click.echo(f"raman-edge: {counters.acquired} spectra, {counters.classified} classified, "
-               f"{counters.errors} not classified, {counters.deferred} deferred; log {cfg['store.db']}", err=True)
+    click.echo(_summary(counters, service.daemon.deferred_at_start, cfg["store.db"]), err=True)
+
+
+#: Which configuration option an error of each kind at start-up comes from.
+_OPTION_OF = ((SourceError, "source.url", "--source"), (CalibrationError, "calibration.path", "--calibration"),
+              (BundleError, "model.path", "--model"))
+
+
+def _config_origin(cfg: Any, e: RamanEdgeError) -> str:
+    """``"FILE: [section] key: "`` or ``"--option: "`` for the option ``e`` comes from, else ``""``."""
+    for kind, name, flag in _OPTION_OF:
+        if isinstance(e, kind) and cfg[name]:
+            origin = cfg.origin(name)
+            if origin == "command line":
+                return f"{flag}: "
+            if origin != "default":
+                section, key = name.split(".")
+                return f"{origin}: [{section}] {key}: "
+    return ""
+
+
+def _summary(counters: Any, backlog_at_start: int, db: str) -> str:
+    """The last line of a run: what happened to every spectrum acquired.
+
+    ``deferred`` spectra were logged raw while the classifier was saturated;
+    ``deferred_done`` counts raw rows classified later (oldest first, so the backlog
+    an earlier run left comes before this run's); ``classified`` and ``errors`` count
+    every result this run produced, those completions included.
+    """
+    earlier = min(counters.deferred_done, backlog_at_start)
+    later = counters.deferred_done - earlier
+    waiting = backlog_at_start + counters.deferred - counters.deferred_done
+    line = (f"raman-edge: {counters.acquired} spectra acquired: {counters.classified} classified, "
+            f"{counters.errors} could not be classified" + (" (reason logged)" if counters.errors else ""))
+    if earlier:
+        line += f", including {earlier} left unclassified by an earlier run"
+    if later:
+        line += (f"; {later} of the {counters.acquired} were logged raw first and classified once the "
+                 "classifier caught up")
+    if waiting:
+        line += f"; {waiting} logged raw, not classified yet (the next start classifies them)"
+    return f"{line}; log {db}"
 
 
 def _s(p: Path | None) -> str | None:
@@ -205,41 +423,62 @@ def _utc(epoch: float) -> str:
     return utc_iso(epoch)
 
 
-@main.command()
+_BENCH_HELP = """Replay labelled spectra through the daemon's pipeline; report accuracy, ECE and latency.
+
+Bench results are replays, not field measurements: nothing is logged unless
+--db names a database, and the rows bench logs there are marked so that no
+downlink pass ever sends them (they stay out of `raman-edge downlink`).
+"""
+
+
+@main.command(help=_BENCH_HELP)
 @_model_option
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Labelled spectra: .npz (spectra, labels, wavenumbers) or a folder of RRUFF .txt files.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report as JSON here.")
-@_db_option
-@click.option("--no-db", is_flag=True, help="Do not log the replayed results.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the report as JSON here.")
+@click.option("--db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also log the replayed results to this SQLite file, marked as never to be downlinked "
+                   "(default: log nothing).")
+@click.option("--no-db", is_flag=True, help="Log nothing, even with --db (the default without --db).")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write reliability.png and confusion.png to this folder (extra 'plot').")
 @_policy_options
-def bench(model: Path | None, data: Path, json_out: Path | None, db: Path, no_db: bool, plots_dir: Path | None,
-          calibration: Path | None, interest: str, min_probability: float, min_margin: float, top_k: int,
-          head_precision: str) -> None:
-    """Replay labelled spectra through the daemon's pipeline; report accuracy, ECE and latency."""
+def bench(model: Path | None, data: Path, json_out: Path | None, db: Path | None, no_db: bool,
+          plots_dir: Path | None, calibration: Path | None, interest: str, min_probability: float,
+          min_margin: float, top_k: int, head_precision: str) -> None:
     from firmware_bridge.source import open_source
 
-    from .bench import format_table, run_bench, write_report
+    from .bench import check_report_path, format_table, run_bench, write_report
     from .daemon import log_result
+    from .interest import check_interest
     from .store import ResultLog
 
     if not data.exists():
-        raise RamanEdgeError(f"{data}: no such file or folder")
+        raise ConfigError(f"--data {data}: no such file or folder")
+    if json_out is not None:
+        check_report_path(json_out, "--json")  # refused before the bench, not after it
     if plots_dir is not None:
-        from .plots import pyplot
+        from .plots import check_plots_dir, pyplot
 
         pyplot()  # a missing 'plot' extra fails before the bench, not after it
-    pipeline = _pipeline(model, calibration, interest, min_probability, min_margin, max(3, top_k), head_precision)
+        check_plots_dir(plots_dir)
     with open_source("replay://" + quote(str(data.resolve()))) as src:
+        pipeline = _pipeline(model, calibration, interest, min_probability, min_margin, max(3, top_k),
+                             head_precision, source=src)
+        check_interest(_interest(interest), pipeline.bundle.classes, pipeline.model_id, "--interest")
         acqs = list(src)
-    if no_db:
+    if no_db or db is None:
         report = run_bench(pipeline, acqs)
     else:
         with ResultLog(db) as store:
             store.register_model(pipeline.model_id, pipeline.bundle.classes, pipeline.bundle.manifest)
-            report = run_bench(pipeline, acqs, on_result=lambda r: log_result(store, r, pipeline.model_id))
+            report = run_bench(pipeline, acqs,
+                               on_result=lambda r: log_result(store, r, pipeline.model_id, downlink=False))
+    if report["n"] == 0:  # no figure of merit at all: a refused input, not a report of NaNs
+        first = report["errors"][0]["error"] if report["errors"] else "no spectra"
+        raise RamanEdgeError(f"{data}: no spectrum could be classified ({report['not_classified']} not classified; "
+                             f"first: {first})")
     click.echo(format_table(report))
     if json_out is not None:
         write_report(report, json_out, data=data if data.is_file() else None)

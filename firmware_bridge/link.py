@@ -56,7 +56,9 @@ protocol has no streaming mode), so a board never acquires a spectrum nobody ask
   counted, logged at most once per ``log_interval`` per kind, and the stream goes on.
 
 :meth:`LinkSource.open` connects once in the caller's thread, so a wrong port, a silent
-board or a board of another model raises :class:`SourceError` at once (unless ``wait=1``);
+board or a board of another model raises :class:`SourceError` at once, unless ``wait=1``
+(``raman-edge run`` exits 1 on it: transient, its supervisor retries; a bad URL option is a
+:class:`~calibration.errors.SourceConfigError`, exit 2, raised when the source is created);
 after that, nothing raises out of :meth:`LinkSource.read` but "not open" (or a reader thread
 killed by a bug, which its catch-all makes all but impossible).  A board that stores no
 usable axis calibration does not stop the link: acquisitions then carry
@@ -98,7 +100,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from calibration.axis import AxisCalibration
-from calibration.errors import CalibrationError, SourceError
+from calibration.errors import CalibrationError, SourceConfigError, SourceError
 from calibration.spectrum import Spectrum
 
 from .devices import Device, DeviceModel, get_model
@@ -193,8 +195,9 @@ def parse_link_options(url: str, extra: tuple[str, ...] = (), default_model: str
 
     Raises
     ------
-    SourceError
-        Naming the URL, the option, its value and what was expected.
+    SourceConfigError
+        A :class:`SourceError` with exit status 2, naming the URL, the option, its value
+        and what was expected.
     """
     params = query_params(url)
     values: dict[str, Any] = {}
@@ -208,40 +211,40 @@ def parse_link_options(url: str, extra: tuple[str, ...] = (), default_model: str
         parse = _OPTIONS.get(name)
         if parse is None:
             known = sorted([*_OPTIONS, "model", "protocol", *extra])
-            raise SourceError(f"{url}: unknown option {name!r}; known: {', '.join(known)}")
+            raise SourceConfigError(f"{url}: unknown option {name!r}; known: {', '.join(known)}")
         try:
             values[name] = parse(raw.strip())
         except (TypeError, ValueError, OverflowError):
-            raise SourceError(f"{url}: option {name}={raw!r} is not valid; expected "
-                              f"{parse.expected}") from None  # type: ignore[attr-defined]
+            raise SourceConfigError(f"{url}: option {name}={raw!r} is not valid; expected "
+                                    f"{parse.expected}") from None  # type: ignore[attr-defined]
     if model_name is None:
         if protocol is not None and protocol not in DEFAULT_MODELS:
-            raise SourceError(f"{url}: unknown protocol {protocol!r}; known: {sorted(DEFAULT_MODELS)}")
+            raise SourceConfigError(f"{url}: unknown protocol {protocol!r}; known: {sorted(DEFAULT_MODELS)}")
         model_name = default_model or DEFAULT_MODELS[protocol or "raman-edge"]
     try:
         model = get_model(model_name)
     except SourceError as e:
-        raise SourceError(f"{url}: option model={model_name!r}: {e}") from None
+        raise SourceConfigError(f"{url}: option model={model_name!r}: {e}") from None
     if protocol is not None and protocol != model.protocol:
-        raise SourceError(f"{url}: protocol={protocol!r} but model {model.name} speaks {model.protocol!r}")
+        raise SourceConfigError(f"{url}: protocol={protocol!r} but model {model.name} speaks {model.protocol!r}")
     integ = values.get("integration", 100.0)
     if not model.min_integration_ms <= integ <= model.max_integration_ms:
-        raise SourceError(f"{url}: option integration={integ:g} ms is outside {model.name}'s "
-                          f"{model.min_integration_ms:g}–{model.max_integration_ms:g} ms")
+        raise SourceConfigError(f"{url}: option integration={integ:g} ms is outside {model.name}'s "
+                                f"{model.min_integration_ms:g}–{model.max_integration_ms:g} ms")
     if values.get("backoff", 0.1) > values.get("backoff_max", 5.0):
-        raise SourceError(f"{url}: backoff={values.get('backoff', 0.1):g} s exceeds backoff_max="
-                          f"{values.get('backoff_max', 5.0):g} s")
+        raise SourceConfigError(f"{url}: backoff={values.get('backoff', 0.1):g} s exceeds backoff_max="
+                                f"{values.get('backoff_max', 5.0):g} s")
     return LinkConfig(model=model, extra=passthrough, **values)
 
 
 def parse_serial_url(url: str) -> tuple[str, LinkConfig]:
-    """``(port path, options)`` of a ``serial://`` URL; raises :class:`SourceError`."""
+    """``(port path, options)`` of a ``serial://`` URL; raises :class:`SourceConfigError`."""
     parts = urlsplit(url)
     if parts.scheme != "serial":
-        raise SourceError(f"{url!r} is not a serial:// URL")
+        raise SourceConfigError(f"{url!r} is not a serial:// URL")
     port = unquote(parts.netloc + parts.path)
     if not port:
-        raise SourceError(f"{url!r} names no port; use e.g. serial:///dev/ttyUSB0?baud=115200")
+        raise SourceConfigError(f"{url!r} names no port; use e.g. serial:///dev/ttyUSB0?baud=115200")
     return port, parse_link_options(url)
 
 

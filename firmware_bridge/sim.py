@@ -33,7 +33,8 @@ noise          scale of shot and read noise; 0 = noise-free                   1
 calibration    PATH of an axis calibration JSON replacing the shipped one     shipped
 =============  ===========================================================  ===============
 
-Every bad option raises :class:`SourceError` naming the option and its value.  With
+Every bad option raises :class:`~calibration.errors.SourceConfigError` (a :class:`SourceError`,
+exit status 2) naming the option and its value.  With
 ``rate`` > 0 the first spectrum comes one period after :meth:`SimSource.open` (it is
 being integrated), then one per period.  ``Acquisition.meta`` carries ``mineral``,
 ``integration_ms``, ``detector_temp_c``, ``axis_offset_cm1`` (where bands appear on the
@@ -53,7 +54,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from calibration.axis import AxisCalibration, shift_to_wavelength
-from calibration.errors import CalibrationError, InputError, SourceError
+from calibration.errors import CalibrationError, InputError, SourceConfigError, SourceError
 from calibration.spectrum import Spectrum
 
 from .minerals import Mineral, available_minerals, default_minerals, get_mineral
@@ -169,26 +170,27 @@ def parse_sim_url(url: str) -> SimConfig:
 
     Raises
     ------
-    SourceError
-        Naming the URL, the bad option and its value, and what was expected.
+    SourceConfigError
+        A :class:`SourceError` with exit status 2, naming the URL, the bad option and
+        its value, and what was expected.
     """
     parts = urlsplit(url)
     if parts.scheme != "sim":
-        raise SourceError(f"{url!r} is not a sim:// URL")
+        raise SourceConfigError(f"{url!r} is not a sim:// URL")
     if parts.netloc or parts.path not in ("", "/"):
-        raise SourceError(f"{url}: sim:// takes only ?options, not a host or path "
-                          f"({parts.netloc + parts.path!r}); e.g. sim://?minerals=Calcite&rate=5")
+        raise SourceConfigError(f"{url}: sim:// takes only ?options, not a host or path "
+                                f"({parts.netloc + parts.path!r}); e.g. sim://?minerals=Calcite&rate=5")
     values: dict[str, Any] = {}
     for name, raw in query_params(url).items():
         parse = _OPTIONS.get(name)
         if parse is None:
-            raise SourceError(f"{url}: unknown option {name!r}; known: {', '.join(sorted(_OPTIONS))}")
+            raise SourceConfigError(f"{url}: unknown option {name!r}; known: {', '.join(sorted(_OPTIONS))}")
         try:
             values[name] = parse(raw.strip())
         except InputError as e:  # unknown mineral: the message lists the known ones
-            raise SourceError(f"{url}: option minerals={raw!r}: {e}") from None
+            raise SourceConfigError(f"{url}: option minerals={raw!r}: {e}") from None
         except (TypeError, ValueError, OverflowError):
-            raise SourceError(
+            raise SourceConfigError(
                 f"{url}: option {name}={raw!r} is not valid; expected {parse.expected}"  # type: ignore[attr-defined]
             ) from None
     values.setdefault("minerals", default_minerals())
@@ -334,7 +336,7 @@ class SimSource(Source):
             self.calibration = instrument_calibration(base, cfg.pixels, cfg.laser)
         except CalibrationError as e:
             what = f"option calibration={cfg.calibration!r}" if cfg.calibration else "shipped calibration"
-            raise SourceError(f"{url}: {what}: {e}") from None
+            raise SourceConfigError(f"{url}: {what}: {e}") from None
         self.seed: int = int(cfg.seed if cfg.seed is not None else np.random.SeedSequence().entropy % 2**63)
         self._minerals = [get_mineral(n) for n in cfg.minerals]
         self._period = 1.0 / cfg.rate if cfg.rate > 0 else 0.0

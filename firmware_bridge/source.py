@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from calibration.axis import AxisCalibration
-from calibration.errors import SourceError
+from calibration.errors import SourceConfigError, SourceError
 from calibration.spectrum import Spectrum
 
 log = logging.getLogger(__name__)
@@ -109,15 +109,35 @@ def query_params(url: str) -> dict[str, str]:
 
 
 def open_source(url: str) -> Source:
-    """Create (not yet open) the source for ``url``; raises :class:`SourceError` for unknown schemes."""
+    """Create (not yet open) the source for ``url``.
+
+    Creating a source only parses its URL; files, ports and devices are touched in
+    :meth:`Source.open`.  So every :class:`SourceError` raised here is a configuration
+    error (restarting cannot fix the URL) and comes out as :class:`SourceConfigError`,
+    exit status 2, whichever back-end raised it.
+
+    Raises
+    ------
+    SourceConfigError
+        No or unknown scheme, unknown option, bad option value; names the URL.
+    """
     # Import built-in back-ends here so that registering them has no import-order trap.
     from . import link, replay, sim, usb  # noqa: F401
 
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as e:  # e.g. an unbalanced '[' in the host part
+        raise SourceConfigError(f"source {url!r} is not a valid URL: {e}") from None
     if not scheme:
-        raise SourceError(f"source {url!r} has no scheme; use e.g. sim://, replay://PATH or serial:///dev/ttyUSB0")
+        raise SourceConfigError(f"source {url!r} has no scheme; "
+                                "use e.g. sim://, replay://PATH or serial:///dev/ttyUSB0")
     try:
         factory = _REGISTRY[scheme]
     except KeyError:
-        raise SourceError(f"source {url!r}: unknown scheme {scheme!r}; known: {sorted(_REGISTRY)}") from None
-    return factory(url)
+        raise SourceConfigError(f"source {url!r}: unknown scheme {scheme!r}; known: {sorted(_REGISTRY)}") from None
+    try:
+        return factory(url)
+    except SourceConfigError:
+        raise
+    except SourceError as e:  # a back-end that parses its URL with plain SourceError
+        raise SourceConfigError(str(e)) from e

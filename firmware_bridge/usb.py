@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from calibration.axis import AxisCalibration
-from calibration.errors import CalibrationError, MissingExtraError, SourceError
+from calibration.errors import CalibrationError, MissingExtraError, SourceConfigError, SourceError
 
 from .devices import MODELS
 from .link import Connection, DeviceDriver, Driver, LinkConfig, LinkReading, LinkSource, parse_link_options
@@ -83,10 +83,10 @@ class UsbTarget:
 
 
 def parse_usb_url(url: str) -> UsbTarget:
-    """Parse and check a ``usb://VID:PID?options`` URL; raises :class:`SourceError`."""
+    """Parse and check a ``usb://VID:PID?options`` URL; raises :class:`SourceConfigError`."""
     parts = urlsplit(url)
     if parts.scheme != "usb":
-        raise SourceError(f"{url!r} is not a usb:// URL")
+        raise SourceConfigError(f"{url!r} is not a usb:// URL")
     ident = parts.netloc + parts.path.rstrip("/")
     try:
         vid_s, pid_s = ident.split(":")
@@ -94,8 +94,8 @@ def parse_usb_url(url: str) -> UsbTarget:
             raise ValueError
         vid, pid = int(vid_s, 16), int(pid_s, 16)
     except ValueError:
-        raise SourceError(f"{url}: expected usb://VID:PID with hexadecimal vendor and product ids "
-                          f"(e.g. usb://2457:4000), got {ident!r}") from None
+        raise SourceConfigError(f"{url}: expected usb://VID:PID with hexadecimal vendor and product ids "
+                                f"(e.g. usb://2457:4000), got {ident!r}") from None
     params = query_params(url)
     default_model = None
     if "model" not in params and "protocol" not in params:
@@ -104,19 +104,20 @@ def parse_usb_url(url: str) -> UsbTarget:
     extra = config.extra
     backend = extra.get("backend") or ("seabreeze" if config.model.protocol == "obp" else "pyusb")
     if backend not in _BACKENDS:
-        raise SourceError(f"{url}: option backend={backend!r}; expected one of {', '.join(_BACKENDS)}")
+        raise SourceConfigError(f"{url}: option backend={backend!r}; expected one of {', '.join(_BACKENDS)}")
     if backend == "seabreeze" and config.model.protocol != "obp":
-        raise SourceError(f"{url}: backend=seabreeze is for Ocean Insight devices; model {config.model.name} "
-                          f"speaks {config.model.protocol} (use backend=pyusb)")
+        raise SourceConfigError(f"{url}: backend=seabreeze is for Ocean Insight devices; model {config.model.name} "
+                                f"speaks {config.model.protocol} (use backend=pyusb)")
     sb = extra.get("seabreeze_backend") or None
     if sb not in (None, "cseabreeze", "pyseabreeze"):
-        raise SourceError(f"{url}: option seabreeze_backend={sb!r}; expected cseabreeze or pyseabreeze")
+        raise SourceConfigError(f"{url}: option seabreeze_backend={sb!r}; expected cseabreeze or pyseabreeze")
     try:
         interface = int(extra.get("interface", "0"))
         if not 0 <= interface <= 255:
             raise ValueError
     except ValueError:
-        raise SourceError(f"{url}: option interface={extra.get('interface')!r}; expected an integer 0–255") from None
+        raise SourceConfigError(f"{url}: option interface={extra.get('interface')!r}; "
+                                "expected an integer 0–255") from None
     serial = extra.get("serial") or None
     return UsbTarget(vid, pid, serial, backend, sb, interface, config)
 

@@ -94,11 +94,11 @@ def test_bench_head_precision_int8_is_used_and_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, pattern, code",
     [
-        (["run", "--count", "1", "--source", "warp://x"], "unknown scheme 'warp'", 1),
-        (["run", "--count", "1", "--model", "/nonexistent/bundle"], "/nonexistent/bundle", 1),
+        (["run", "--count", "1", "--source", "warp://x"], "unknown scheme 'warp'", 2),
+        (["run", "--count", "1", "--model", "/nonexistent/bundle"], "/nonexistent/bundle", 2),
         (["run", "--count", "1", "--db", "/nonexistent/dir/x.sqlite", "--state-dir", "{tmp}/st"], "/nonexistent/dir", 3),
         (["run", "--count", "1", "--state-dir", "/nonexistent/dir/st"], "state directory /nonexistent/dir/st", 2),
-        (["bench", "--data", "/nonexistent.npz"], "/nonexistent.npz", 1),
+        (["bench", "--data", "/nonexistent.npz"], "/nonexistent.npz", 2),
     ],
 )
 def test_cli_errors_are_one_clear_line(args: list[str], pattern: str, code: int, tmp_path: Path,
@@ -114,7 +114,7 @@ def test_cli_errors_are_one_clear_line(args: list[str], pattern: str, code: int,
 
 def test_run_refuses_unsigned_bundle_unless_allowed(tmp_path: Path, test_bundle: Path) -> None:
     r = CliRunner().invoke(main, ["run", "--count", "1", "--model", str(test_bundle), "--db", str(tmp_path / "u.sqlite")])
-    assert r.exit_code == 1 and "unsigned" in r.output and str(test_bundle) in r.output
+    assert r.exit_code == 2 and "unsigned" in r.output and str(test_bundle) in r.output  # configuration
     assert not (tmp_path / "u.sqlite").exists()  # refused before anything was opened
 
 
@@ -160,3 +160,24 @@ def test_ctrl_c_stops_cleanly_and_keeps_rows(tmp_path: Path) -> None:
     printed = seen + sum("p=" in ln for ln in out.splitlines())
     assert len(_rows(db)) == printed >= 5  # every printed result is committed
     assert "Traceback" not in err
+
+
+def test_run_summary_accounts_for_every_spectrum(tmp_path: Path) -> None:
+    """A one-place classify queue defers spectra; the summary says they were classified later, and the log agrees."""
+    import re
+
+    cfg = tmp_path / "tight.toml"
+    db = tmp_path / "s.sqlite"
+    cfg.write_text(f'[source]\nurl = "sim://?rate=0&seed=5"\n[store]\ndb = "{db}"\n[daemon]\nclassify_queue = 1\n')
+    r = CliRunner().invoke(main, ["run", "--config", str(cfg), "--count", "40", "--quiet"])
+    assert r.exit_code == 0, r.output
+    summary = r.stderr.strip().splitlines()[-1]
+    m = re.match(r"raman-edge: 40 spectra acquired: (\d+) classified, "
+                 r"(\d+) could not be classified(?: \(reason logged\))?"
+                 r"(?:; (\d+) of the 40 were logged raw first and classified once the classifier caught up)?"
+                 rf"; log {re.escape(str(db))}$", summary)
+    assert m, summary
+    rows = _rows(db)
+    assert len(rows) == 40 and int(m.group(1)) == sum(row[1] == "classified" for row in rows)
+    assert int(m.group(2)) == sum(row[1] == "error" for row in rows)
+    assert not any(row[1] == "deferred" for row in rows)  # a run that ends by --count completes its backlog

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from calibration.errors import SourceError
+from calibration.errors import ConfigError, SourceConfigError, SourceError
 from firmware_bridge.devices import get_model
 from firmware_bridge.instrument import PtyTransport, SimulatedInstrument
 from firmware_bridge.link import LinkSource, SerialSource, backoff_delay, parse_serial_url
@@ -207,8 +207,10 @@ def test_a_silent_board_is_a_dead_link_and_is_reopened(board, tmp_path: Path) ->
 
 
 def test_open_fails_fast_unless_told_to_wait(board, tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="cannot open serial port"):
+    with pytest.raises(SourceError, match="cannot open serial port") as e:
         open_source(url(tmp_path)).open()
+    # An absent instrument is transient (exit 1, a restart may find it), not a configuration error.
+    assert not isinstance(e.value, ConfigError) and e.value.exit_code == 1
     src = open_source(url(tmp_path, wait=1, backoff=0.05, backoff_max=0.2))
     with src:
         assert src.read(timeout=0.3) is None and src.state == "connecting"
@@ -247,8 +249,9 @@ def test_prefetch_bounds_what_is_asked_ahead_of_the_reader(board, tmp_path: Path
     ("serial:///dev/ttyS0?wait=maybe", "wait='maybe'"),
 ])
 def test_bad_urls_name_the_problem(bad: str, match: str) -> None:
-    with pytest.raises(SourceError, match=match):
+    with pytest.raises(SourceConfigError, match=match) as e:
         open_source(bad)
+    assert isinstance(e.value, SourceError) and e.value.exit_code == 2  # configuration: no restart loop
 
 
 def test_url_parsing() -> None:

@@ -17,7 +17,7 @@ from array import array
 import numpy as np
 import pytest
 
-from calibration.errors import MissingExtraError, SourceError
+from calibration.errors import MissingExtraError, SourceConfigError, SourceError
 from firmware_bridge.instrument import SimulatedInstrument
 from firmware_bridge.obp import OBPDecoder, OBPMessage, OBPMsgType
 from firmware_bridge.source import open_source
@@ -47,8 +47,9 @@ def test_url_parsing_picks_model_and_backend() -> None:
     ("usb://1209:7a3e?colour=red", "unknown option 'colour'"),
 ])
 def test_bad_urls_name_the_problem(bad: str, match: str) -> None:
-    with pytest.raises(SourceError, match=match):
+    with pytest.raises(SourceConfigError, match=match) as e:
         open_source(bad)
+    assert isinstance(e.value, SourceError) and e.value.exit_code == 2  # configuration: no restart loop
 
 
 # ------------------------------------------------------------------------------ missing extras

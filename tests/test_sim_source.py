@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calibration.axis import AxisCalibration
-from calibration.errors import SourceError
+from calibration.errors import SourceConfigError, SourceError
 from firmware_bridge.minerals import default_minerals
 from firmware_bridge.sim import SIM_CALIBRATION_PATH, SimSource, parse_sim_url
 from firmware_bridge.source import open_source
@@ -68,6 +68,7 @@ def test_bad_option_names_option_and_value(query: str, option: str, value: str):
         open_source(url)
     msg = str(e.value)
     assert url in msg and f"{option}={value!r}" in msg
+    assert isinstance(e.value, SourceConfigError) and e.value.exit_code == 2
 
 
 def test_unknown_mineral_lists_the_known_ones():
