@@ -13,6 +13,8 @@ import click
 
 from calibration.errors import ConfigError, SourceError
 
+from ..options import FiniteFloatRange
+
 
 @click.command("instrument-sim")
 @click.option("--port", "port", required=True, type=click.Path(path_type=Path),
@@ -20,10 +22,10 @@ from calibration.errors import ConfigError, SourceError
                    "pair is created, its host end printed, and PATH made a symlink to it (see --link).")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Stop after serving N spectra (damaged ones included). Default: until Ctrl-C.")
-@click.option("--rate", type=click.FloatRange(min=0), default=None,
+@click.option("--rate", type=FiniteFloatRange(min=0), default=None,
               help="Spectra per second at most; 0 = as fast as asked. Default: take the integration time "
                    "the host set, like a real board.")
-@click.option("--corrupt-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--corrupt-rate", type=FiniteFloatRange(0, 1), default=0.0, show_default=True,
               help="Fraction of outgoing frames damaged on the wire (a flipped or dropped byte, a truncation, "
                    "or garbage before the frame, drawn uniformly).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for spectra and damage (default: random).")
