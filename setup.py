@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["calibration*", "firmware_bridge*", "edge*", "trainer*"]),
     package_data={
         "edge": ["models/default/*.json", "models/default/*.onnx", "models/default/*.npz", "deploy/*"],
-        "firmware_bridge": ["data/*.json"],
+        "firmware_bridge": ["data/*.json", "data/*.npz", "data/*.md"],
     },
     # The device install: what the daemon needs, nothing more (no torch).
     install_requires=[

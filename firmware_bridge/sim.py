@@ -4,10 +4,18 @@ It behaves like a small 532 nm Raman instrument with a 1024-pixel detector: spec
 come on the *pixel* axis, with the axis calibration the instrument reports
 (``firmware_bridge/data/sim_calibration.json``), while the bands land where the
 *true* axis puts them — shifted from the reported one by a small, slowly wandering
-drift.  Each spectrum is one mineral of the mix: Lorentzian bands at literature
-positions (:mod:`firmware_bridge.minerals`), a broad fluorescence background, shot
-noise, read noise, a dark offset with a fixed pixel pattern, 16-bit saturation and
-the odd cosmic-ray spike.
+drift.  Each spectrum is one sample of the mix.  Its Raman signal is a real spectrum:
+one baseline-corrected RRUFF spectrum per mineral (:mod:`firmware_bridge.reference`,
+Lafuente et al. 2015), averaged over each pixel of the true axis; ``sample=bands``
+draws the older idealised Lorentzian bands at literature positions
+(:mod:`firmware_bridge.minerals`) instead.  The instrument then adds a broad
+fluorescence background, shot noise, read noise, a dark offset with a fixed pixel
+pattern, 16-bit saturation and the odd cosmic-ray spike.
+
+With ``unknown=f`` a fraction ``f`` of the spectra come from a sample that is none of
+the simulated minerals (:func:`firmware_bridge.reference.unknown_labels`: RRUFF minerals
+outside the shipped model's classes, acetonitrile, Chlamydomonas cells); their truth
+label is ``unknown:<name>``.
 
 URL options (all optional)::
 
@@ -31,12 +39,15 @@ read_noise     read noise in counts r.m.s.                                    6
 dark           dark offset in counts                                          800
 noise          scale of shot and read noise; 0 = noise-free                   1
 calibration    PATH of an axis calibration JSON replacing the shipped one     shipped
+unknown        fraction of spectra from a sample none of the minerals (0–1)   0
+sample         ``reference`` (real RRUFF spectra) or ``bands`` (idealised)    reference
 =============  ===========================================================  ===============
 
 Every bad option raises :class:`~calibration.errors.SourceConfigError` (a :class:`SourceError`,
 exit status 2) naming the option and its value.  With
 ``rate`` > 0 the first spectrum comes one period after :meth:`SimSource.open` (it is
-being integrated), then one per period.  ``Acquisition.meta`` carries ``mineral``,
+being integrated), then one per period.  ``Acquisition.meta`` carries ``mineral`` (the
+truth label), ``reference`` (the file behind the signal, with ``sample=reference``),
 ``integration_ms``, ``detector_temp_c``, ``axis_offset_cm1`` (where bands appear on the
 reported axis minus their true position), ``cosmic_ray_pixels``, ``signal_counts``,
 ``fluorescence_counts``, ``laser_nm`` and ``seed``.
@@ -58,6 +69,7 @@ from calibration.errors import CalibrationError, InputError, SourceConfigError, 
 from calibration.spectrum import Spectrum
 
 from .minerals import Mineral, available_minerals, default_minerals, get_mineral
+from .reference import Reference, load_references, unknown_labels
 from .source import Acquisition, Source, query_params, register_scheme
 
 log = logging.getLogger(__name__)
@@ -83,6 +95,8 @@ WIDTH_JITTER = 0.1
 #: 0.4·drift (so ±drift is rarely reached and then held: it is clipped there).
 DRIFT_RHO = 0.98
 DRIFT_STEP = 0.4 * math.sqrt(1.0 - DRIFT_RHO**2)
+#: First spawn-key element of the per-spectrum random streams (0-3 are the source's own streams).
+SPECTRUM_STREAM = 4
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,8 @@ class SimConfig:
     dark: float = 800.0
     noise: float = 1.0
     calibration: str | None = None
+    unknown: float = 0.0
+    sample: str = "reference"
 
 
 # -- URL options ---------------------------------------------------------------
@@ -146,6 +162,17 @@ def _path_opt(raw: str) -> str:
 
 _path_opt.expected = "the path of an axis calibration JSON file"  # type: ignore[attr-defined]
 
+SAMPLES = ("reference", "bands")
+
+
+def _sample_opt(raw: str) -> str:
+    if raw not in SAMPLES:
+        raise ValueError
+    return raw
+
+
+_sample_opt.expected = "one of " + ", ".join(SAMPLES)  # type: ignore[attr-defined]
+
 _OPTIONS: dict[str, Callable[[str], Any]] = {
     "minerals": _minerals_opt,
     "rate": _float_opt(0.0, 1e4, "spectra per second, 0 = as fast as possible"),
@@ -162,6 +189,8 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "dark": _float_opt(0.0, ADC_MAX, "dark offset in counts"),
     "noise": _float_opt(0.0, 100.0, "noise scale, 0 = noise-free"),
     "calibration": _path_opt,
+    "unknown": _float_opt(0.0, 1.0, "fraction of spectra from a sample none of the minerals"),
+    "sample": _sample_opt,
 }
 
 
@@ -194,6 +223,9 @@ def parse_sim_url(url: str) -> SimConfig:
                 f"{url}: option {name}={raw!r} is not valid; expected {parse.expected}"  # type: ignore[attr-defined]
             ) from None
     values.setdefault("minerals", default_minerals())
+    if values.get("unknown") and values.get("sample") == "bands":
+        raise SourceConfigError(f"{url}: option unknown={values['unknown']:g} needs sample=reference "
+                                "(the unknown samples are real spectra, not band tables)")
     return SimConfig(**values)
 
 
@@ -339,15 +371,31 @@ class SimSource(Source):
             raise SourceConfigError(f"{url}: {what}: {e}") from None
         self.seed: int = int(cfg.seed if cfg.seed is not None else np.random.SeedSequence().entropy % 2**63)
         self._minerals = [get_mineral(n) for n in cfg.minerals]
+        self._references: list[Reference] = []
+        self._unknowns: list[Reference] = []
+        if cfg.sample == "reference":
+            try:
+                refs = load_references()
+                self._references = [refs[m.name] for m in self._minerals]
+                self._unknowns = [refs[k] for k in unknown_labels()]
+            except (InputError, KeyError) as e:
+                raise SourceConfigError(f"{url}: shipped reference spectra: {e}") from None
+            for r in self._references:
+                if r.missing_bands_cm1:
+                    log.info("sim: the real %s spectrum (%s) was not measured at its band(s) %s cm-1: "
+                             "the simulated sample lacks them", r.label, r.source,
+                             ", ".join(f"{b:g}" for b in r.missing_bands_cm1))
         self._period = 1.0 / cfg.rate if cfg.rate > 0 else 0.0
         self._open = False
 
     def open(self) -> None:
         cfg, n = self.config, self.calibration.pixels
-        main, spikes, fixed = np.random.SeedSequence(self.seed).spawn(3)
+        main, spikes, fixed, unknown = np.random.SeedSequence(self.seed).spawn(4)
         self._rng = np.random.default_rng(main)
-        # Spikes draw from their own stream so spike=0 and spike=p give the same spectra otherwise.
+        # Spikes and unknown samples draw from their own streams, so that spike=p or unknown=f
+        # leave every other spectrum as it is without them.
         self._spike_rng = np.random.default_rng(spikes)
+        self._unknown_rng = np.random.default_rng(unknown)
         self._dark = cfg.dark + np.random.default_rng(fixed).normal(0.0, 2.0, n)  # fixed-pattern offset
         self._edge_shift = self.calibration.raman_shift(np.arange(n + 1, dtype=np.float64) - 0.5)
         self._offset = float(np.clip(self._rng.normal(0.0, 0.4 * cfg.drift), -cfg.drift, cfg.drift))
@@ -381,15 +429,26 @@ class SimSource(Source):
         return acq
 
     def _acquire(self) -> Acquisition:
-        cfg, rng, n = self.config, self._rng, self.calibration.pixels
-        m = self._minerals[int(rng.integers(len(self._minerals)))]
+        cfg, n = self.config, self.calibration.pixels
+        # One random stream per spectrum: shot noise consumes a varying number of draws, so a
+        # shared stream would let one unknown sample change every spectrum after it.
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SPECTRUM_STREAM, self._seq)))
+        i = int(rng.integers(len(self._minerals)))
+        m, ref = self._minerals[i], (self._references[i] if self._references else None)
+        u, which = self._unknown_rng.random(2)
+        if u < cfg.unknown:
+            ref = self._unknowns[int(which * len(self._unknowns))]
+        truth = ref.label if ref is not None else m.name
         if cfg.drift:
             step = rng.normal(0.0, DRIFT_STEP * cfg.drift)
             self._offset = float(np.clip(DRIFT_RHO * self._offset + step, -cfg.drift, cfg.drift))
         level = cfg.signal * cfg.integration / REFERENCE_INTEGRATION_MS * rng.uniform(0.4, 1.6)
-        heights, widths = _jittered(m, rng, HEIGHT_JITTER, WIDTH_JITTER)
         # True shift of each pixel edge = reported − offset, so bands appear at position + offset.
-        electrons = level * _bands(m, self._edge_shift - self._offset, heights, widths)
+        if ref is not None:
+            electrons = level * ref.binned(self._edge_shift - self._offset)
+        else:
+            heights, widths = _jittered(m, rng, HEIGHT_JITTER, WIDTH_JITTER)
+            electrons = level * _bands(m, self._edge_shift - self._offset, heights, widths)
         background = cfg.fluorescence * rng.uniform(0.1, 1.0) * level
         electrons += background * _fluorescence_shape(n, rng)
         # Draw noise even when scaled to 0 so that the random stream does not depend on it.
@@ -414,7 +473,7 @@ class SimSource(Source):
                          "instrument": self.calibration.instrument}
         spectrum = Spectrum(counts, np.arange(n, dtype=np.float64), unit="pixel", meta=spectrum_meta)
         meta = {
-            "mineral": m.name,
+            "mineral": truth,
             "integration_ms": cfg.integration,
             "detector_temp_c": round(temperature, 3),
             "axis_offset_cm1": self._offset,
@@ -424,8 +483,10 @@ class SimSource(Source):
             "laser_nm": self.calibration.laser_nm,
             "seed": self.seed,
         }
+        if ref is not None:
+            meta["reference"] = ref.source
         return Acquisition(seq=seq, spectrum=spectrum, acquired_at=time.time(), source=self.url,
-                           calibration=self.calibration, truth=m.name, meta=meta)
+                           calibration=self.calibration, truth=truth, meta=meta)
 
 
 register_scheme("sim", SimSource)

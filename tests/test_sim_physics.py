@@ -1,4 +1,5 @@
-"""sim:// physics: band positions through calibration + preprocessing, drift, spikes, noise, the mineral table."""
+"""sim:// physics: band positions (real references and the band table) through calibration + preprocessing,
+drift, spikes, noise, the mineral table."""
 from __future__ import annotations
 
 import copy
@@ -10,6 +11,7 @@ from scipy.signal import find_peaks
 from calibration.errors import InputError
 from calibration.preprocess import DEFAULT_SPEC, Preprocessor
 from firmware_bridge.minerals import available_minerals, default_minerals, get_mineral
+from firmware_bridge.reference import axis_cm1, load_references
 from firmware_bridge.sim import SimSource, synthesize_raman
 
 from .conftest import shared_data
@@ -34,7 +36,7 @@ def _strongest_peak(y: np.ndarray) -> float:
 def test_strongest_band_survives_calibration_and_preprocessing(mineral: str):
     pre = Preprocessor()
     lit = get_mineral(mineral).strongest
-    for a in _take(f"sim://?minerals={mineral}&rate=0&count=8&seed=5&spike=0"):
+    for a in _take(f"sim://?minerals={mineral}&sample=bands&rate=0&count=8&seed=5&spike=0"):
         y = pre(a.calibration.apply(a.spectrum))
         peak = _strongest_peak(y)
         off = a.meta["axis_offset_cm1"]
@@ -42,9 +44,23 @@ def test_strongest_band_survives_calibration_and_preprocessing(mineral: str):
         assert abs(peak - (lit + off)) <= 1.5  # the offset in meta is the one applied
 
 
+@pytest.mark.parametrize(
+    "mineral", ["Calcite", "Quartz", "Diamond", "Dolomite", "Fluorapatite", "Albite", "Corundum", "Almandine"]
+)
+def test_reference_strongest_band_survives_calibration_and_preprocessing(mineral: str):
+    """The real reference's most prominent band lands where the drift in meta says."""
+    pre = Preprocessor()
+    ref = load_references()[mineral]
+    on_grid = np.interp(GRID, axis_cm1(), ref.intensities)
+    band = _strongest_peak(on_grid)
+    for a in _take(f"sim://?minerals={mineral}&rate=0&count=8&seed=5&spike=0"):
+        peak = _strongest_peak(pre(a.calibration.apply(a.spectrum)))
+        assert abs(peak - (band + a.meta["axis_offset_cm1"])) <= 1.5, (peak, band, a.meta["axis_offset_cm1"])
+
+
 def test_drift_zero_puts_bands_on_the_literature_positions():
     pre = Preprocessor()
-    for a in _take("sim://?minerals=Diamond,Calcite,Quartz&drift=0&rate=0&count=12&seed=8&spike=0"):
+    for a in _take("sim://?minerals=Diamond,Calcite,Quartz&sample=bands&drift=0&rate=0&count=12&seed=8&spike=0"):
         assert a.meta["axis_offset_cm1"] == 0.0
         assert abs(_strongest_peak(pre(a.calibration.apply(a.spectrum))) - get_mineral(a.truth).strongest) <= 1.0
 
