@@ -56,6 +56,7 @@ def run_bench(pipeline: Pipeline, acquisitions: Iterable[Acquisition], warmup: i
         pipeline.process(acq)
     known = set(pipeline.classifier.classes.tolist())
     truth, top1, top3, conf, margin, lat, predicted = [], [], [], [], [], [], []
+    novelty, novel = [], []
     classified: list[Acquisition] = []
     errors: list[dict[str, Any]] = []
     for acq in acqs:
@@ -73,6 +74,8 @@ def run_bench(pipeline: Pipeline, acquisitions: Iterable[Acquisition], warmup: i
         margin.append(p.margin)
         lat.append(res.latency_ms)
         predicted.append(p.label)
+        novelty.append(np.nan if p.novelty is None else p.novelty)
+        novel.append(p.novel)
         classified.append(acq)
     n = len(truth)
     top1_a, top3_a = np.asarray(top1, bool), np.asarray(top3, bool)
@@ -82,9 +85,14 @@ def run_bench(pipeline: Pipeline, acquisitions: Iterable[Acquisition], warmup: i
         m = np.asarray([t == cls for t in truth])
         per_class[cls] = {"n": int(m.sum()), "top1": float(top1_a[m].mean()), "top3": float(top3_a[m].mean()),
                           "mean_probability": float(np.asarray(conf)[m].mean()), "known_to_model": cls in known}
+    novel_a = np.asarray(novel, bool)
+    kept = top1_a[~novel_a]
     return {
         "n": n,
         "top1": float(top1_a.mean()) if n else float("nan"),
+        # the accuracy the ground sees for results not flagged novel (all of them without a novelty model)
+        "top1_not_flagged": float(kept.mean()) if kept.size else float("nan"),
+        "novelty": novelty_summary(pipeline, np.asarray(novelty, float), novel_a),
         "top3": float(top3_a.mean()) if n else float("nan"),
         "ece": expected_calibration_error(np.asarray(conf), top1_a, bins=15),
         "mean_margin": float(np.mean(margin)) if n else float("nan"),
@@ -99,10 +107,69 @@ def run_bench(pipeline: Pipeline, acquisitions: Iterable[Acquisition], warmup: i
         "not_classified": len(errors),
         "errors": errors[:20],
         "unknown_labels": sorted({t for t in truth if t not in known}),
+        "_novelty_scores": novelty, "_novelty_flags": novel,  # for open_set_report; dropped before writing
         "model_id": pipeline.model_id,
         "head_precision": pipeline.classifier.head_precision,
         "machine": {"python": platform.python_version(), "processor": platform.machine(),
                     "system": platform.system()},
+    }
+
+
+def novelty_summary(pipeline: Pipeline, scores: np.ndarray, flags: np.ndarray) -> dict[str, Any] | None:
+    """Threshold, flagged share and median score of classified spectra; None without a novelty model."""
+    if pipeline.classifier.novelty is None:
+        return None
+    return {"threshold": pipeline.classifier.novelty_threshold, "flagged": int(flags.sum()),
+            "flagged_share": float(flags.mean()) if flags.size else float("nan"),
+            "median_score": float(np.median(scores)) if scores.size else float("nan")}
+
+
+def score_unknown(pipeline: Pipeline, acquisitions: Iterable[Acquisition]) -> dict[str, Any]:
+    """Novelty scores and flags of spectra of no known class (not timed, not logged)."""
+    scores, flags, errors = [], [], 0
+    for acq in acquisitions:
+        res = pipeline.process(acq)
+        if res.prediction is None or res.prediction.novelty is None:
+            errors += res.prediction is None
+            continue
+        scores.append(res.prediction.novelty)
+        flags.append(res.prediction.novel)
+    return {"scores": np.asarray(scores, float), "flags": np.asarray(flags, bool), "not_classified": errors}
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """Area under the ROC curve of ``unknown`` above ``known`` (Mann-Whitney U, ties count half)."""
+    known, unknown = np.asarray(known, float), np.asarray(unknown, float)
+    if not known.size or not unknown.size:
+        return float("nan")
+    both = np.concatenate([known, unknown])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(both.size)
+    ranks[order] = np.arange(1, both.size + 1)
+    # ties share their average rank
+    _, inv, counts = np.unique(both, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    ranks = (sums / counts)[inv]
+    u = ranks[known.size:].sum() - unknown.size * (unknown.size + 1) / 2
+    return float(u / (known.size * unknown.size))
+
+
+def open_set_report(pipeline: Pipeline, report: dict[str, Any] | None, unknown: dict[str, Any]) -> dict[str, Any]:
+    """The ``open_set`` block of a bench report: flagged shares at the bundle's own threshold and the AUROC.
+
+    ``report`` is the known spectra's :func:`run_bench` report, or None when only unknown spectra were given
+    (then only ``unknown_flagged`` and ``threshold``).
+    """
+    known_scores = np.asarray(report["_novelty_scores"], float) if report is not None else np.zeros(0)
+    known_flags = np.asarray(report["_novelty_flags"], bool) if report is not None else np.zeros(0, bool)
+    u = unknown["scores"]
+    return {
+        "auroc": auroc(known_scores, u) if report is not None else None,
+        "unknown_flagged": float(unknown["flags"].mean()) if u.size else float("nan"),
+        "known_flagged": float(known_flags.mean()) if report is not None and known_flags.size else None,
+        "threshold": pipeline.classifier.novelty_threshold,
+        "n_known": int(known_scores.size), "n_unknown": int(u.size),
+        "unknown_not_classified": int(unknown["not_classified"]),
     }
 
 
@@ -117,6 +184,14 @@ def _uncalibrated(pipeline: Pipeline, acqs: list[Acquisition]) -> dict[str, np.n
 
 def format_table(report: dict[str, Any], max_rows: int = 80) -> str:
     """A readable plain-text summary (works on a terminal without rich)."""
+    nov, ops = report.get("novelty"), report.get("open_set")
+    novelty_lines = []
+    if nov:
+        novelty_lines.append(f"novelty threshold {nov['threshold'] if nov['threshold'] is not None else 'none'}: "
+                             f"{nov['flagged']} of {report['n']} known spectra flagged novel   "
+                             f"top-1 of the others {report['top1_not_flagged']:.3f}")
+    if ops:
+        novelty_lines.append(_open_set_line(ops))
     lines = [
         f"model {report['model_id']}  spectra {report['n']}  not classified {report['not_classified']}"
         + (f"  head weights {report['head_precision']}" if "head_precision" in report else ""),
@@ -126,6 +201,7 @@ def format_table(report: dict[str, Any], max_rows: int = 80) -> str:
            f"mean margin {report['mean_margin_uncalibrated']:.3f}"] if "ece_uncalibrated" in report else []),
         "latency per spectrum (preprocess + inference): "
         f"p50 {report['latency_ms']['p50']:.2f} ms   p99 {report['latency_ms']['p99']:.2f} ms",
+        *novelty_lines,
         "",
         f"{'class':<24}{'n':>5}{'top-1':>8}{'top-3':>8}{'mean p':>8}",
     ]
@@ -135,6 +211,13 @@ def format_table(report: dict[str, Any], max_rows: int = 80) -> str:
     if len(report["per_class"]) > max_rows:
         lines.append(f"... {len(report['per_class']) - max_rows} more classes in the JSON")
     return "\n".join(lines)
+
+
+def _open_set_line(ops: dict[str, Any]) -> str:
+    line = f"open set: {ops['unknown_flagged']:.3f} of {ops['n_unknown']} unknown spectra flagged"
+    if ops.get("known_flagged") is not None:
+        line += f", {ops['known_flagged']:.3f} of {ops['n_known']} known; AUROC {ops['auroc']:.3f}"
+    return line + f" (threshold {ops['threshold']})"
 
 
 def check_report_path(path: str | Path, option: str = "--json") -> None:
@@ -163,6 +246,7 @@ def write_report(report: dict[str, Any], path: str | Path, data: str | Path | No
     ConfigError
         If ``path`` cannot be written (an output path given as an option).
     """
+    report = {k: v for k, v in report.items() if not k.startswith("_")}  # per-spectrum working lists
     if data is not None:
         report = dict(report, data=str(data), data_sha256=file_sha256(data))
     try:

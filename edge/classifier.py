@@ -104,6 +104,10 @@ class Prediction:
 
     classes: tuple[str, ...]
     probabilities: tuple[float, ...]
+    #: Distance from the known classes (:mod:`edge.novelty`); None when the bundle has no novelty model.
+    novelty: float | None = None
+    #: The novelty lies above the bundle's threshold: none of the known minerals.
+    novel: bool = False
 
     @property
     def label(self) -> str:
@@ -159,11 +163,17 @@ class Classifier:
         # 8-bit weights exist for one-Gemm heads only; auto keeps any other head (shift-mean) in float32.
         self.head_precision = resolve_precision(head_precision if linear or head_precision != "auto" else "fp32",
                                                 weight_bytes, providers)
-        self._selector = _selector_session(bundle, self.top_k, self.head_precision)
+        from .novelty import load_novelty
+
+        #: The bundle's novelty model (:mod:`edge.novelty`), or None: results then carry no novelty score.
+        self.novelty = load_novelty(bundle)
+        # the novelty score looks at the head's top candidates, so select at least that many
+        self._select_k = max(self.top_k, min(self.novelty.top, len(self.classes))) if self.novelty else self.top_k
+        self._selector = _selector_session(bundle, self._select_k, self.head_precision)
         if self.head_precision == "int8":
             if self._selector is None:  # _selector_session logged why
                 self.head_precision = "fp32"
-                self._selector = _selector_session(bundle, self.top_k)
+                self._selector = _selector_session(bundle, self._select_k)
             else:
                 log.info("%s: %d-class head runs with 8-bit weights (%.0f kB of float32 weights → %.0f kB)",
                          bundle.model_id, len(self.classes), weight_bytes / 1e3, weight_bytes / 4e3)
@@ -171,6 +181,11 @@ class Classifier:
     @property
     def model_id(self) -> str:
         return self.bundle.model_id
+
+    @property
+    def novelty_threshold(self) -> float | None:
+        """Scores above it are novel (None without a novelty model or threshold)."""
+        return self.novelty.threshold if self.novelty is not None and np.isfinite(self.novelty.threshold) else None
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """Backbone features ``(n, F)`` of preprocessed spectra ``(n, points)``."""
@@ -209,21 +224,29 @@ class Classifier:
         that graph cannot be built, numpy selects the top k on the logits (softmax is
         monotonic) and normalises only those: one pass of ``exp`` over the K logits.
         Either way the cost stays flat as heads grow to thousands of classes
-        (BENCHMARKS.md, "Constant time").
+        (BENCHMARKS.md, "Constant time").  With a novelty model each prediction also
+        carries its novelty score and flag, from the features and the head's top
+        candidates (:meth:`edge.novelty.Novelty.score`: ``k·F`` more multiply-adds).
         """
+        feats = self.features(x)
         if self._selector is not None:
-            probs, order = self._selector.run([TOP_P, TOP_INDEX], {HEAD_INPUT: self.features(x)})
-            return [Prediction(tuple(self.classes[o].tolist()), tuple(float(p) for p in row))
+            probs, order = self._selector.run([TOP_P, TOP_INDEX], {HEAD_INPUT: feats})
+        else:
+            z = self.bundle.head_session.run(None, {HEAD_INPUT: feats})[0]
+            if self._temperature != 1.0:
+                z = z / np.float32(self._temperature)
+            order = top_indices(z, self._select_k)
+            zmax = np.take_along_axis(z, order[:, :1], axis=1).astype(np.float64)  # the top-1 logit is the maximum
+            total = np.exp(z - zmax.astype(z.dtype)).sum(axis=1, dtype=np.float64)
+            probs = np.exp(np.take_along_axis(z, order, axis=1).astype(np.float64) - zmax) / total[:, None]
+        k = self.top_k
+        if self.novelty is None:
+            return [Prediction(tuple(self.classes[o[:k]].tolist()), tuple(float(p) for p in row[:k]))
                     for row, o in zip(probs, order)]
-        z = self.logits(x)
-        if self._temperature != 1.0:
-            z = z / np.float32(self._temperature)
-        order = top_indices(z, self.top_k)
-        zmax = np.take_along_axis(z, order[:, :1], axis=1).astype(np.float64)  # the top-1 logit is the maximum
-        total = np.exp(z - zmax.astype(z.dtype)).sum(axis=1, dtype=np.float64)
-        probs = np.exp(np.take_along_axis(z, order, axis=1).astype(np.float64) - zmax) / total[:, None]
-        return [Prediction(tuple(self.classes[o].tolist()), tuple(float(p) for p in probs[i]))
-                for i, o in enumerate(order)]
+        scores = self.novelty.score(feats, order)
+        threshold = self.novelty.threshold  # NaN (no threshold) compares False: never flagged
+        return [Prediction(tuple(self.classes[o[:k]].tolist()), tuple(float(p) for p in row[:k]), float(sc), bool(sc > threshold))
+                for row, o, sc in zip(probs, order, scores)]
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:

@@ -410,8 +410,11 @@ def _live_line(result: Any) -> str:
         line = f"{head}  {'NOT CLASSIFIED':<22} prio {result.priority}  {result.error}"
     else:
         p = result.prediction
-        line = (f"{head}  {p.label:<22} p={p.probability:.3f}  margin={p.margin:.3f}  prio {result.priority}"
-                + (f" ({','.join(result.reasons)})" if result.reasons else ""))
+        line = (f"{head}  {p.label:<22} p={p.probability:.3f}  margin={p.margin:.3f}"
+                + (f"  novelty={p.novelty:.3f}" if p.novelty is not None else "")
+                + f"  prio {result.priority}" + (f" ({','.join(result.reasons)})" if result.reasons else ""))
+        if p.novel:
+            line += f"  NOVEL: none of the known minerals (nearest: {p.label})"
     if acq.truth is not None:
         line += f"  [truth: {acq.truth}]"
     return line
@@ -433,8 +436,11 @@ downlink pass ever sends them (they stay out of `raman-edge downlink`).
 
 @main.command(help=_BENCH_HELP)
 @_model_option
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Labelled spectra: .npz (spectra, labels, wavenumbers) or a folder of RRUFF .txt files.")
+@click.option("--unknown", type=click.Path(path_type=Path), default=None,
+              help="Spectra of no class the model knows (.npz or folder; labels not needed): adds 'open_set' "
+                   "(flagged shares at the bundle's novelty threshold, and the AUROC with --data).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the report as JSON here.")
 @click.option("--db", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -444,18 +450,24 @@ downlink pass ever sends them (they stay out of `raman-edge downlink`).
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write reliability.png and confusion.png to this folder (extra 'plot').")
 @_policy_options
-def bench(model: Path | None, data: Path, json_out: Path | None, db: Path | None, no_db: bool,
-          plots_dir: Path | None, calibration: Path | None, interest: str, min_probability: float,
+def bench(model: Path | None, data: Path | None, unknown: Path | None, json_out: Path | None, db: Path | None,
+          no_db: bool, plots_dir: Path | None, calibration: Path | None, interest: str, min_probability: float,
           min_margin: float, top_k: int, head_precision: str) -> None:
     from firmware_bridge.source import open_source
 
-    from .bench import check_report_path, format_table, run_bench, write_report
+    from .bench import (_open_set_line, check_report_path, format_table, open_set_report, run_bench, score_unknown,
+                        write_report)
     from .daemon import log_result
     from .interest import check_interest
     from .store import ResultLog
 
-    if not data.exists():
-        raise ConfigError(f"--data {data}: no such file or folder")
+    if data is None and unknown is None:
+        raise ConfigError("bench needs --data (labelled spectra), --unknown (spectra of no known class), or both")
+    for option, path in (("--data", data), ("--unknown", unknown)):
+        if path is not None and not path.exists():
+            raise ConfigError(f"{option} {path}: no such file or folder")
+    if data is None and (db is not None or plots_dir is not None):
+        raise ConfigError(f"{'--db' if db is not None else '--plots'} needs --data (labelled spectra)")
     if json_out is not None:
         check_report_path(json_out, "--json")  # refused before the bench, not after it
     if plots_dir is not None:
@@ -463,11 +475,29 @@ def bench(model: Path | None, data: Path, json_out: Path | None, db: Path | None
 
         pyplot()  # a missing 'plot' extra fails before the bench, not after it
         check_plots_dir(plots_dir)
-    with open_source("replay://" + quote(str(data.resolve()))) as src:
+    unknown_acqs = None
+    if unknown is not None:
+        with open_source("replay://" + quote(str(unknown.resolve()))) as src:
+            unknown_acqs = list(src)
+    with open_source("replay://" + quote(str((data or unknown).resolve()))) as src:
         pipeline = _pipeline(model, calibration, interest, min_probability, min_margin, max(3, top_k),
                              head_precision, source=src)
         check_interest(_interest(interest), pipeline.bundle.classes, pipeline.model_id, "--interest")
-        acqs = list(src)
+        acqs = list(src) if data is not None else []
+    if unknown_acqs is not None and pipeline.classifier.novelty is None:
+        raise ConfigError(f"--unknown: model {pipeline.model_id} has no novelty model (neither a novelty nor a "
+                          "support part), so nothing can be flagged")
+    if data is None:
+        ops = open_set_report(pipeline, None, score_unknown(pipeline, unknown_acqs))
+        if ops["n_unknown"] == 0:
+            raise RamanEdgeError(f"--unknown {unknown}: no spectrum could be classified "
+                                 f"({ops['unknown_not_classified']} not classified)")
+        click.echo(f"model {pipeline.model_id}\n{_open_set_line(ops)}")
+        if json_out is not None:
+            report = {"model_id": pipeline.model_id, "open_set": ops}
+            write_report(report, json_out, data=None)
+            click.echo(f"report written to {json_out}", err=True)
+        return
     if no_db or db is None:
         report = run_bench(pipeline, acqs)
     else:
@@ -479,6 +509,9 @@ def bench(model: Path | None, data: Path, json_out: Path | None, db: Path | None
         first = report["errors"][0]["error"] if report["errors"] else "no spectra"
         raise RamanEdgeError(f"{data}: no spectrum could be classified ({report['not_classified']} not classified; "
                              f"first: {first})")
+    if unknown_acqs is not None:
+        report["open_set"] = open_set_report(pipeline, report, score_unknown(pipeline, unknown_acqs))
+        report["unknown_data"] = str(unknown)
     click.echo(format_table(report))
     if json_out is not None:
         write_report(report, json_out, data=data if data.is_file() else None)

@@ -70,6 +70,9 @@ def result_record(result: Result, model_id: str) -> dict[str, Any]:
     pred = result.prediction
     meta = dict(acq.meta)
     meta["timings_ms"] = {k: round(v, 3) for k, v in result.timings_ms.items()}
+    if pred is not None and pred.novelty is not None:
+        # in meta, not a column: older logs and pass files stay readable without a migration
+        meta["novelty"] = round(pred.novelty, 5)
     return dict(
         acquired_at=acq.acquired_at, source=acq.source, seq=acq.seq, axis_unit=acq.spectrum.unit,
         axis=acq.spectrum.axis, spectrum=acq.spectrum.intensities,

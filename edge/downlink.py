@@ -54,7 +54,7 @@ _LZMA_DECODE = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 16}]
 _WIDTHS = (1, 2, 4, 8)
 _KINDS = ("int", "float32", "float64", "quantised")
 _META_KEYS = ("integration_ms", "detector_temp_c")
-_PRIORITY_NAMES = {0: "routine", 1: "low_confidence", 2: "interest", 3: "unreadable"}
+_PRIORITY_NAMES = {0: "routine", 1: "low_confidence", 2: "interest", 3: "unreadable_or_novel"}
 
 #: The record grammar, carried in every header (docs/downlink.md spells it out).
 #: uv = LEB128 varint, zz = zigzag varint, "+" = delta from the previous record,

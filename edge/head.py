@@ -41,6 +41,7 @@ from calibration.dataset import Dataset, file_sha256, load_dataset
 from calibration.errors import BundleError, ConfigError, InputError
 
 from .bundle import BACKBONE_INPUT, HEAD_INPUT, HEAD_OUTPUT, Bundle, load_bundle, write_bundle
+from .novelty import NOVELTY_FILE, NOVELTY_PART, fit_novelty
 
 log = logging.getLogger(__name__)
 
@@ -811,6 +812,8 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
+    # the threshold is refitted on every class's support, so it stays valid for the new classes
+    novelty = fit_novelty(support, **_novelty_options(bundle))
     manifest_sha = file_sha256(bundle.path / "manifest.json")
     parent_info = {"model_id": bundle.model_id, "backbone_sha256": backbone_sha, "manifest_sha256": manifest_sha,
                    "classes_added": new_classes, "replaced": bool(replace)}
@@ -819,8 +822,8 @@ def add_head(parent: str | Path | Bundle, data: str | Path | Dataset, out: str |
         head_onnx=linear_head_onnx(w, b) if copies == 1 else shift_mean_head_onnx(w, b, copies),
         classes=classes, preprocessing=bundle.preprocessor.spec, feature_size=bundle.feature_size,
         architecture=arch, training=training, temperature=temperature, parent=parent_info,
-        extra_files={SUPPORT_PART: (SUPPORT_FILE, support.to_bytes())},
-        extra={"support": _support_summary(support)})
+        extra_files={SUPPORT_PART: (SUPPORT_FILE, support.to_bytes()), NOVELTY_PART: (NOVELTY_FILE, novelty.to_bytes())},
+        extra={"support": _support_summary(support), "novelty": novelty.summary()})
     if out_bundle.manifest["files"]["backbone"]["sha256"] != backbone_sha:  # pragma: no cover - write_bundle copies
         raise BundleError(f"{out}: backbone changed while writing; refused")
     log.info("head swap: %s -> %s (%d old + %d new classes, T=%.3g, %s)", bundle.model_id, out_bundle.model_id,
@@ -880,6 +883,17 @@ def _support_summary(support: Support) -> dict[str, Any]:
             "per_class": int(support.meta.get("per_class", DEFAULT_EXEMPLARS))}
 
 
+def _novelty_options(bundle: Bundle) -> dict[str, Any]:
+    """The parent's novelty target and top-k, so a child keeps the same operating point."""
+    summary = bundle.manifest.get("novelty") if isinstance(bundle.manifest.get("novelty"), dict) else {}
+    opts: dict[str, Any] = {}
+    if isinstance(summary.get("target"), float) and 0 < summary["target"] < 1:
+        opts["target"] = summary["target"]
+    if isinstance(summary.get("top"), int) and summary["top"] >= 1:
+        opts["top"] = summary["top"]
+    return opts
+
+
 def add_support(bundle: str | Path | Bundle, data: str | Path | Dataset, out: str | Path, *,
                 exemplars: int = DEFAULT_EXEMPLARS) -> Bundle:
     """Write a copy of ``bundle`` carrying a support part made from its training spectra ``data``.
@@ -909,10 +923,13 @@ def add_support(bundle: str | Path | Bundle, data: str | Path | Dataset, out: st
     extra_files = {p: (files[p]["path"], b.part_path(p).read_bytes()) for p in b.parts
                    if p not in ("backbone", "head", SUPPORT_PART)}
     extra_files[SUPPORT_PART] = (SUPPORT_FILE, sup.to_bytes())
+    novelty = fit_novelty(sup, **_novelty_options(b))  # a new support makes any earlier threshold stale
+    extra_files[NOVELTY_PART] = (NOVELTY_FILE, novelty.to_bytes())
     standard = {"format", "format_version", "model_id", "created_utc", "classes", "preprocessing", "input",
                 "feature_size", "temperature", "files", "architecture", "training", "parent"}
     extra = {k: v for k, v in b.manifest.items() if k not in standard}
     extra["support"] = _support_summary(sup)
+    extra["novelty"] = novelty.summary()
     training = dict(b.manifest.get("training") or {})
     training["support"] = {"data": d.where, "sha256": d.sha256, "spectra": int(known.sum()),
                            "skipped_nonfinite": len(d.skipped)}

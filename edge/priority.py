@@ -1,9 +1,13 @@
 """How valuable a result is for the downlink.
 
-First rule (refined by later issues, e.g. novelty): a result ranks higher when the
-model is unsure (low top-1 probability or small top-1/top-2 margin) or when its
-class is on the mission's "of interest" list.  A result that failed preprocessing
-ranks highest: the ground must see what the rover could not interpret.
+A result ranks higher when the model is unsure (low top-1 probability or small
+top-1/top-2 margin) or when its class is on the mission's "of interest" list.  A
+spectrum that is none of the known minerals (novelty above the bundle's threshold,
+:mod:`edge.novelty`) ranks above both: level 3 with reason ``novel``, its nearest known
+mineral still logged as the label.  A result that failed preprocessing also has level 3
+(status ``error``, reason ``unreadable``) and the downlink sends it before the novel ones
+of the same level: the ground must see what the rover could not interpret.  Sharing level
+3 keeps the stored levels and the downlink's 3-bit field of older versions unchanged.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from calibration.errors import ConfigError
 from .classifier import Prediction
 
 ROUTINE, LOW_CONFIDENCE, INTEREST, UNREADABLE = 0, 1, 2, 3
+#: A novel result shares the top level with unreadable ones; its reason and status tell them apart.
+NOVEL = UNREADABLE
 
 
 @dataclass(frozen=True)
@@ -52,4 +58,7 @@ class PriorityPolicy:
         if prediction.probability < self.min_probability or prediction.margin < self.min_margin:
             level = max(level, LOW_CONFIDENCE)
             reasons.append("low_confidence")
+        if prediction.novel:
+            level = NOVEL
+            reasons.insert(0, "novel")
         return level, reasons

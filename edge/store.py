@@ -615,14 +615,16 @@ class ResultLog:
     _UNSENT = "WHERE r.downlinked = 0 AND r.status IN ('classified', 'error')"
 
     def unsent(self, priority: int | None = None) -> Iterator[Row]:
-        """Rows not yet downlinked, most valuable first: priority, then acquisition time, then id.
+        """Rows not yet downlinked, most valuable first: priority, then unreadable before
+        classified (level 3 holds both unreadable and novel results), then acquisition time, then id.
 
         ``priority`` restricts them to one level.  Deferred rows (classification still to
         come) are left out until they are classified.
         """
         if priority is None:
-            return self.rows(self._UNSENT, order="r.priority DESC, r.acquired_utc, r.id")
-        return self.rows(self._UNSENT + " AND r.priority = ?", (int(priority),), order="r.acquired_utc, r.id")
+            return self.rows(self._UNSENT, order="r.priority DESC, r.status = 'error' DESC, r.acquired_utc, r.id")
+        return self.rows(self._UNSENT + " AND r.priority = ?", (int(priority),),
+                         order="r.status = 'error' DESC, r.acquired_utc, r.id")
 
     def unsent_priorities(self) -> list[int]:
         """The priority levels that have rows waiting, highest first."""

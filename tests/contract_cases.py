@@ -304,11 +304,14 @@ def _new_rows(ctx: Ctx) -> list[sqlite3.Row]:
 
 
 def check_unreadable_rows(expected: int, unreadable: int) -> Check:
-    """The run logged ``expected`` new rows, ``unreadable`` of them priority 3 with a reason."""
+    """The run logged ``expected`` new rows, ``unreadable`` of them priority-3 errors with a reason.
+
+    Priority 3 also holds novel spectra (status ok, reason ``novel``); only errors count here.
+    """
     def check(ctx: Ctx, rc: int, out: str, err: str) -> None:
         new = _new_rows(ctx)
         assert len(new) == expected, f"expected {expected} new rows, got {len(new)}: {[dict(r) for r in new]}"
-        bad = [r for r in new if r["priority"] == 3]
+        bad = [r for r in new if r["priority"] == 3 and r["status"] == "error"]
         assert len(bad) == unreadable, f"expected {unreadable} priority-3 rows: {[dict(r) for r in new]}"
         assert all((r["error"] or r["reasons"]) for r in bad), [dict(r) for r in bad]
     return check
@@ -318,7 +321,7 @@ def check_misfit_calibration(ctx: Ctx, rc: int, out: str, err: str) -> None:
     """Refused at start-up (exit 2), or every spectrum it was applied to became a priority-3 row with the reason."""
     if rc == OK:
         new = _new_rows(ctx)
-        assert new and all(r["priority"] == 3 for r in new), [dict(r) for r in new]
+        assert new and all(r["priority"] == 3 and r["status"] == "error" for r in new), [dict(r) for r in new]
         assert all("calibration" in (r["error"] or "") + (r["reasons"] or "") for r in new), [dict(r) for r in new]
 
 
@@ -693,7 +696,43 @@ def _train_cases() -> list[Case]:
     ]
 
 
+def _dataset_cases() -> list[Case]:
+    def build(c: Ctx, *sources: str, out: str = "lib.npz", extra: Sequence[str] = ()) -> list[str]:
+        return ["dataset", "build", *sources, "--out", out, *extra]
+
+    return [
+        Case("dataset-build-source-missing", CALIB_AREA, lambda c: build(c, f"{c.tmp}/nonexistent.zip"), (CONFIG,),
+             ("nonexistent.zip",)),
+        Case("dataset-build-zip-garbage", CALIB_AREA, lambda c: build(c, c.write("LR-Raman.zip", BINARY)), (RUNTIME,),
+             ("LR-Raman.zip",)),
+        Case("dataset-build-npz-garbage", CALIB_AREA, lambda c: build(c, c.write("garbage.npz", BINARY)), (RUNTIME,),
+             ("garbage.npz",)),
+        Case("dataset-build-folder-empty", CALIB_AREA, lambda c: build(c, c.dir("empty-folder")), (RUNTIME,),
+             ("empty-folder",)),
+        Case("dataset-build-only-file-unreadable", CALIB_AREA,
+             lambda c: build(c, c.write("calcite-inf.txt", rruff_text(inf_at=5))), (RUNTIME,), ("calcite-inf.txt",)),
+        Case("dataset-build-out-under-file", CALIB_AREA,
+             lambda c: build(c, str(c.world.rruff), out=c.under_file("d", "lib.npz")), (CONFIG,), ("plain-file",)),
+        Case("dataset-build-json-under-file", CALIB_AREA,
+             lambda c: build(c, str(c.world.rruff), extra=["--json", c.under_file("d", "lib.json")]), (CONFIG,),
+             ("plain-file",)),
+        Case("dataset-build-grid-abc", CALIB_AREA, lambda c: build(c, str(c.world.rruff), extra=["--grid", "abc"]),
+             (CONFIG,), ("--grid",)),
+    ]
+
+
+def _sim_sample_cases() -> list[Case]:
+    return [
+        Case("run-sim-unknown-abc", EXIT_AREA, lambda c: _run(c, "--source", "sim://?unknown=abc"), (CONFIG,),
+             ("unknown",)),
+        Case("run-sim-unknown-above-one", EXIT_AREA, lambda c: _run(c, "--source", "sim://?unknown=2"), (CONFIG,),
+             ("unknown",)),
+        Case("run-sim-sample-unknown-kind", EXIT_AREA, lambda c: _run(c, "--source", "sim://?sample=lorentz"),
+             (CONFIG,), ("sample",)),
+    ]
+
+
 def catalogue() -> list[Case]:
     """Every case, in command order."""
-    return (_run_cases() + _downlink_cases() + _peaks_show_cases() + _calibrate_cases() + _bench_cases()
-            + _model_cases() + _sign_keys_head_status_cases() + _train_cases())
+    return (_run_cases() + _sim_sample_cases() + _downlink_cases() + _peaks_show_cases() + _calibrate_cases()
+            + _bench_cases() + _model_cases() + _sign_keys_head_status_cases() + _train_cases() + _dataset_cases())

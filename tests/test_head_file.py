@@ -73,7 +73,7 @@ def test_export_is_small_and_carries_no_backbone(world: dict) -> None:
     assert info.bytes < 0.5 * info.bundle_bytes
     hf = read_head_file(info.path)
     assert "backbone.onnx" not in hf.members
-    assert set(hf.members) == {"manifest.json", "signature.json", "head.onnx", "support.npz"}
+    assert set(hf.members) == {"manifest.json", "signature.json", "head.onnx", "support.npz", "novelty.npz"}
     assert hf.members["manifest.json"] == (world["child"].path / "manifest.json").read_bytes()
     assert hf.backbone_sha256 == world["parent"].manifest["files"]["backbone"]["sha256"]
     # the bundle directory itself was not signed by the export
