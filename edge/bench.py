@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 from collections import Counter
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from calibration.dataset import file_sha256
 from calibration.errors import ConfigError
+from calibration.files import check_output_file
 from firmware_bridge.source import Acquisition
 
 from .classifier import softmax
@@ -221,21 +221,8 @@ def _open_set_line(ops: dict[str, Any]) -> str:
 
 
 def check_report_path(path: str | Path, option: str = "--json") -> None:
-    """Refuse a report path that cannot be written, before any work is done.
-
-    Raises
-    ------
-    ConfigError
-        If its folder does not exist or is not writable, or the path is a folder.
-    """
-    path = Path(path)
-    folder = path.parent
-    if path.is_dir():
-        raise ConfigError(f"{option} {path}: is a folder, not a file")
-    if not folder.is_dir():
-        raise ConfigError(f"{option} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"{option} {path}: folder {folder} is not writable")
+    """Refuse a report path that cannot be written, before any work is done (a ConfigError)."""
+    check_output_file(path, option)
 
 
 def write_report(report: dict[str, Any], path: str | Path, data: str | Path | None = None) -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from calibration.errors import ConfigError, MissingExtraError, RamanEdgeError
+from calibration.files import check_output_dir, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,6 @@ def image_formats() -> list[str]:
 
     # .pgf is LaTeX source that matplotlib can only write by running a TeX installation.
     return sorted(set(FigureCanvasAgg.get_supported_filetypes()) - _NEEDS_TEX)
-
-
-def _writable_dir(path: Path, what: str) -> None:
-    """ConfigError unless ``path`` is an existing, writable directory; ``what`` names the option and value."""
-    if not path.exists():
-        raise ConfigError(f"{what}: directory {path} does not exist")
-    if not path.is_dir():
-        raise ConfigError(f"{what}: {path} is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}: directory {path} is not writable")
 
 
 def check_image_path(out: str | Path, option: str = "--out") -> Path:
@@ -84,7 +74,7 @@ def check_image_path(out: str | Path, option: str = "--out") -> Path:
         raise ConfigError(f"{option} {out}: {got}; use one of " + ", ".join(f".{f}" for f in formats))
     if out.is_dir():
         raise ConfigError(f"{option} {out}: is a directory")
-    _writable_dir(out.parent, f"{option} {out}")
+    check_writable_dir(out.parent, f"{option} {out}")
     return out
 
 
@@ -99,14 +89,7 @@ def check_plots_dir(out_dir: str | Path, option: str = "--plots") -> Path:
     ConfigError
         Naming ``option``, the folder and what is wrong.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{option} {out_dir}: exists and is not a directory")
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    _writable_dir(existing, f"{option} {out_dir}")
-    return out_dir
+    return check_output_dir(out_dir, option)
 
 
 def save_figure(fig: Any, out: Path) -> None:

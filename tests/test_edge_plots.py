@@ -177,7 +177,7 @@ def test_plots_dir_that_cannot_be_created_is_one_line(tmp_path: Path, test_bundl
     r = CliRunner().invoke(main, ["bench", "--model", str(test_bundle), "--data", str(noisy_npz), "--no-db",
                                   "--plots", str(blocker / "figs")])
     assert r.exit_code == 2 and "Traceback" not in r.output
-    assert f"--plots {blocker / 'figs'}" in r.output and "not a directory" in r.output
+    assert f"--plots {blocker / 'figs'}" in r.output and "is not a folder" in r.output
     assert blocker.read_text() == "x"
 
 

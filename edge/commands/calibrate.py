@@ -9,7 +9,6 @@ band's residual and the RMS, and writes the calibration JSON that
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import click
 
 from calibration.errors import CalibrationError, ConfigError
+from calibration.files import check_output_file
 
 from ..options import FiniteFloatRange
 
@@ -28,16 +28,6 @@ def _floats(text: str | None, what: str) -> list[float] | None:
         return [float(v) for v in text.replace(":", ",").split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
-
-
-def check_out(out: Path) -> None:
-    """Refuse an ``--out`` that cannot be written before any fitting is done (exit status 2)."""
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        why = "does not exist" if not folder.exists() else "is not a folder"
-        raise ConfigError(f"--out {out}: {folder} {why}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: folder {folder} is not writable")
 
 
 def save(calibration: Any, out: Path) -> None:
@@ -153,7 +143,7 @@ def calibrate(lamp_file: Path | None, lamp_gas: str, laser_nm: float, out: Path,
 
     if lamp_file is None and standard_file is None:
         raise ConfigError("give --lamp (pixel → wavelength), or --standard alone for a Raman-shift-axis instrument")
-    check_out(out)
+    check_output_file(out, "--out")  # before any fitting
     check_names(lamp_gas if lamp_file is not None else None, standard_name if standard_file is not None else None)
     if lamp_file is None:
         _shift_correction(standard_file, standard_name, laser_nm, refine_model, max_band_rms, instrument, out,

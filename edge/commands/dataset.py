@@ -13,21 +13,10 @@ from typing import Any
 import click
 
 from calibration.errors import ConfigError
+from calibration.files import check_output_file
 
 #: Unreadable files and label conflicts listed on the terminal (all of them go to --json).
 SHOWN = 10
-
-
-def check_out(out: Path, option: str) -> None:
-    """Refuse an output path that cannot be written, before any source is read (exit status 2)."""
-    if out.is_dir():
-        raise ConfigError(f"{option} {out}: is a folder; give a file name")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        why = "does not exist" if not folder.exists() else "is not a folder"
-        raise ConfigError(f"{option} {out}: {folder} {why}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {out}: folder {folder} is not writable")
 
 
 def _write_json(doc: dict[str, Any], path: Path) -> None:
@@ -106,9 +95,9 @@ def build(sources: tuple[Path, ...], out: Path, grid: str, json_out: Path | None
     from calibration.library import parse_grid
 
     axis = parse_grid(grid)
-    check_out(out, "--out")
+    check_output_file(out, "--out")
     if json_out is not None:
-        check_out(json_out, "--json")
+        check_output_file(json_out, "--json")
     library = assemble(sources, axis)
     try:
         digest = library.save(out)
