@@ -1,12 +1,15 @@
 """The project's labelled-spectra ``.npz`` format (as in ``../shared/data``).
 
 Keys: ``spectra`` float (n, points), ``labels`` str (n,), ``wavenumbers`` float
-(points,), optional ``files`` str (n,) and boolean split masks (``in_10pct`` ...).
-Loaded with ``allow_pickle=False``: an object array is refused, never unpickled.
+(points,), optional ``files`` str (n,) (RRUFF file names), ``specimens`` str (n,)
+(RRUFF specimen ids, as ``raman-edge dataset build`` writes them) and boolean split
+masks (``in_10pct`` ...).  Loaded with ``allow_pickle=False``: an object array is
+refused, never unpickled.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,26 @@ REQUIRED_KEYS = ("spectra", "labels", "wavenumbers")
 MAX_NPZ_BYTES = 512 * 1024 * 1024
 #: Most points per spectrum (the same bound as every text reader).
 MAX_POINTS = 65_536
+
+#: A RRUFF specimen id: a capital letter and six digits at the start of a sample field
+#: (``R040063-4``, ``R060353_a``, ``X070005.3`` and ``R040022 perp to fiber axes`` are
+#: samples of specimens ``R040063``, ``R060353``, ``X070005`` and ``R040022``).
+SPECIMEN_ID = re.compile(r"^([A-Z]\d{6})(?!\d)")
+#: Prefix of the group :meth:`Dataset.specimen_ids` gives a spectrum without a specimen id
+#: (followed by its row); RRUFF ids never start with it.
+NO_SPECIMEN = "#"
+
+
+def specimen_from_file(name: str) -> str:
+    """RRUFF specimen of a RRUFF file name, else ``""``.
+
+    The second ``__`` field's leading letter and six digits (:data:`SPECIMEN_ID`):
+    ``Calcite__R040063-4__Raman_Data_Processed__...`` gives ``R040063``; ``R050177-3_1``,
+    ``R060353_a`` and ``X070005.3`` give ``R050177``, ``R060353`` and ``X070005``.
+    """
+    parts = Path(str(name)).name.split("__")
+    m = SPECIMEN_ID.match(parts[1]) if len(parts) > 1 else None
+    return m.group(1) if m else ""
 
 
 @dataclass(frozen=True)
@@ -48,16 +71,33 @@ class Dataset:
         return Dataset(self.spectra[idx], self.labels[idx], self.wavenumbers, extras, self.path)
 
     def specimen_ids(self) -> np.ndarray | None:
-        """RRUFF specimen per spectrum (``R040063-4`` → ``R040063``) when ``files`` is present."""
-        files = self.extras.get("files")
-        if files is None:
+        """Specimen per spectrum, the unit a split must keep on one side; ``None`` without ids.
+
+        Taken from the ``specimens`` column when there is one, else from ``files``
+        (:func:`specimen_from_file`); a value holding a RRUFF sample id (``R040063-4``)
+        counts as its specimen (``R040063``), any other non-empty value as given.  A
+        spectrum with no id is a specimen of its own (``"#<row>"``, :data:`NO_SPECIMEN`):
+        spectra whose origin is unknown are never pooled into one group.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            str (n,); ``None`` when the dataset has neither column.
+        """
+        n = len(self)
+        specimens, files = self.extras.get("specimens"), self.extras.get("files")
+        if specimens is not None and specimens.shape == (n,):
+            ids = [_specimen_of(str(v).strip()) for v in specimens.tolist()]
+        elif files is not None and files.shape == (n,):
+            ids = [specimen_from_file(str(f)) for f in files.tolist()]
+        else:
             return None
-        out = []
-        for f in files.tolist():
-            parts = str(f).split("__")
-            sample = parts[1] if len(parts) > 1 else str(f)
-            out.append(sample.split("-")[0])
-        return np.asarray(out)
+        return np.asarray([s or f"{NO_SPECIMEN}{i}" for i, s in enumerate(ids)])
+
+
+def _specimen_of(value: str) -> str:
+    m = SPECIMEN_ID.match(value)
+    return m.group(1) if m else value
 
 
 def file_sha256(path: str | Path) -> str:

@@ -39,7 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .dataset import file_sha256, load_dataset
+# The specimen rule lives with the dataset format, which splits by it (Dataset.specimen_ids).
+from .dataset import SPECIMEN_ID, file_sha256, load_dataset, specimen_from_file
 from .errors import ConfigError, InputError, RamanEdgeError
 from .instruments import MAX_POINTS, MAX_TEXT_BYTES, quote
 from .preprocess import SPEC_VERSION, Preprocessor, make_grid
@@ -60,7 +61,6 @@ KINDS = ("raw", "processed", "unknown")
 _GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "θ": "theta", "κ": "kappa",
           "λ": "lambda", "μ": "mu", "ξ": "xi", "π": "pi", "σ": "sigma", "τ": "tau", "φ": "phi", "χ": "chi",
           "ψ": "psi", "ω": "omega"}
-_SPECIMEN = re.compile(r"^([A-Z]\d{6})(?!\d)")
 _WORDS = re.compile(r"[^a-z0-9]+")
 
 
@@ -100,18 +100,6 @@ def class_names(spellings: Mapping[str, int]) -> dict[str, str]:
         groups[form.casefold()][form] += n
     chosen = {key: min(forms.items(), key=lambda kv: (-kv[1], kv[0]))[0] for key, forms in groups.items()}
     return {s: chosen[normalise_name(s).casefold()] for s in spellings}
-
-
-def specimen_from_file(name: str) -> str:
-    """RRUFF specimen of a RRUFF file name, else ``""``.
-
-    The second ``__`` field's leading letter and six digits: ``R040063-4``, ``R050177-3_1``,
-    ``R060353_a``, ``X070005.3`` and ``R040022 perp to fiber axes`` give ``R040063``,
-    ``R050177``, ``R060353``, ``X070005`` and ``R040022``.
-    """
-    parts = Path(str(name)).name.split("__")
-    m = _SPECIMEN.match(parts[1]) if len(parts) > 1 else None
-    return m.group(1) if m else ""
 
 
 def laser_from_file(name: str) -> float:
@@ -257,7 +245,7 @@ def _read_rruff_file(part: Part, path: Path, item: str, pre: Preprocessor, grid:
         part.refuse(item, why)
         return
     file = file or path.name
-    m = _SPECIMEN.match((s.meta.get("rruff_id") or "").strip())
+    m = SPECIMEN_ID.match((s.meta.get("rruff_id") or "").strip())
     specimen = m.group(1) if m else specimen_from_file(file)
     laser = s.meta.get("laser_nm")
     laser = float(laser) if laser else laser_from_file(file)

@@ -124,7 +124,8 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--patience", type=click.IntRange(1, 100000), default=_D.patience, show_default=True,
               help="Epochs without improvement before early stopping.")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 0.5), default=_D.val_fraction, show_default=True,
-              help="Fraction held out (stratified; classes with < 3 spectra never) for early stopping.")
+              help="Fraction held out (stratified; classes with < 3 spectra never) for early stopping; "
+                   "whole specimens when the data names them (a 'specimens' or 'files' column).")
 @click.option("--monitor", type=click.Choice(["loss", "accuracy"]), default=_D.monitor, show_default=True,
               help="Validation score for early stopping and best weights.")
 @click.option("--augment/--no-augment", default=_D.augment, show_default=True,
@@ -147,8 +148,9 @@ def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--calibrate-folds", type=click.IntRange(0, 20), default=_D.calibrate_folds, show_default=True,
               metavar="K",
               help="Fit the temperature by K-fold cross-fitting instead (K extra models of the same recipe, "
-                   "each scoring the fold it did not see): for --val-fraction 0, where the model trains on "
-                   "every spectrum. 0: the validation split.")
+                   "each scoring the fold it did not see; folds grouped by specimen when the data names "
+                   "them): for --val-fraction 0, where the model trains on every spectrum. 0: the validation "
+                   "split.")
 @click.option("--calibrate-objective", type=click.Choice(CALIBRATE_OBJECTIVES), default=_D.calibrate_objective,
               show_default=True,
               help="What the temperature minimises: brier (the Brier score: a few confidently wrong spectra "

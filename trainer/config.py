@@ -229,6 +229,7 @@ class TrainConfig:
     #: 0: fit that temperature on the validation split.  K >= 2: fit it on the out-of-fold logits of
     #: K extra models of the same recipe, each trained on K-1 stratified folds (cross-fitting), so a
     #: model trained on every spectrum (``val_fraction`` 0) is calibrated on spectra its twins never saw.
+    #: Both splits are grouped by specimen when the data names specimens (trainer.train.specimen_groups).
     calibrate_folds: int = 0
     #: What T minimises on those logits: ``brier`` (the Brier score; bounded per spectrum, so a few
     #: confident misses do not steer it) or ``nll`` (Guo et al.).  Stop 20: on out-of-fold logits of the

@@ -165,6 +165,8 @@ def train_ensemble(dataset: Dataset, config: TrainConfig, *, preprocessing: dict
     metrics: dict[str, Any] = {
         "ensemble": n, "best_epoch": results[0].best_epoch, "epochs_run": len(history),
         "train_spectra": int(train_idx.size), "val_spectra": int(val_idx.size),
+        # Every member split as the first did (the ensemble's seed): one grouping for all.
+        "grouping": results[0].metrics["grouping"],
         "members": [{"arch": r.config.arch, "seed": r.config.seed, "best_epoch": r.best_epoch,
                      "epochs_run": r.epochs_run,
                      **{k: r.metrics[k] for k in ("train_top1", "val_top1", "val_top3") if k in r.metrics}}

@@ -67,8 +67,8 @@ from .augment import Augmenter, BackgroundBank
 from .config import SEMI_METHODS, TrainConfig
 from .models import build_model
 from .temperature import calibrate
-from .train import (EpochLog, TrainResult, class_weights, configure_torch, predict_logits, split_validation,
-                    topk_accuracy, train)
+from .train import (EpochLog, TrainResult, class_weights, configure_torch, predict_logits, specimen_groups,
+                    split_validation, topk_accuracy, train)
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,9 @@ def _split(dataset: Dataset, config: TrainConfig, pre: Preprocessor) -> _Data:
     if len(classes) < 2:
         raise ConfigError(f"{dataset.path or 'dataset'}: need at least 2 classes to train, found {classes}")
     split_ss = np.random.SeedSequence(config.seed).spawn(3)[0]  # the stream train() splits with
-    train_idx, val_idx = split_validation(dataset.labels, config.val_fraction, np.random.default_rng(split_ss))
+    # Grouped by RRUFF specimen when the data names specimens, as in train().
+    train_idx, val_idx = split_validation(dataset.labels, config.val_fraction, np.random.default_rng(split_ss),
+                                          groups=specimen_groups(dataset))
     where = [f"{dataset.path or 'dataset'}: spectrum {i} ({lab})" for i, lab in enumerate(dataset.labels)]
     raw = dataset.spectra[train_idx].astype(np.float64)
     where_train = [where[i] for i in train_idx]

@@ -14,6 +14,13 @@ at least :data:`MIN_CLASS_FOR_VAL` spectra give any to validation, and each keep
 at least two for training (see :func:`split_validation`).  When no class
 qualifies, training runs for the full epoch budget on the training loss.
 
+When the data names RRUFF specimens (:meth:`calibration.dataset.Dataset.specimen_ids`)
+and some specimen has several spectra (orientations, lasers, repeats), the
+validation split and the temperature's cross-fitting folds are grouped by specimen:
+every spectrum of a specimen falls on one side, so early stopping and the
+temperature are judged on specimens the model never saw, not on twins of its
+training spectra.  Without such ids the splits are exactly the ungrouped ones.
+
 Runs are deterministic for a given seed and thread count: all randomness comes
 from the seed (numpy ``SeedSequence`` streams for the split, augmentation and
 shuffling; ``torch.manual_seed`` for initialisation and dropout), and torch's
@@ -33,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.dataset import Dataset
+from calibration.dataset import NO_SPECIMEN, Dataset
 from calibration.errors import ConfigError
 from calibration.preprocess import DEFAULT_SPEC, Preprocessor
 
@@ -118,14 +125,49 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def split_validation(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def specimen_groups(dataset: Dataset) -> np.ndarray | None:
+    """Specimen per spectrum when grouping by it changes a split, else ``None``.
+
+    ``None`` when the dataset has no specimen ids or no two spectra share one: every
+    group would be a single spectrum, and the ungrouped splits (bit for bit those of
+    data without ids) are already grouped.
+    """
+    groups = dataset.specimen_ids()
+    if groups is None or np.unique(groups).size == groups.size:
+        return None
+    return groups
+
+
+def grouping_summary(groups: np.ndarray | None, val_idx: np.ndarray | None = None) -> dict[str, Any]:
+    """How a split was grouped, for the manifest's training provenance.
+
+    ``by`` is ``"specimen"``, with the number of specimens, of spectra without a specimen id
+    (each its own group) and, given ``val_idx``, of validation specimens; or ``"spectrum"``.
+    """
+    if groups is None:
+        return {"by": "spectrum", "reason": "no two spectra share a specimen id (or the data has none)"}
+    no_id = np.char.startswith(groups.astype(str), NO_SPECIMEN)
+    out: dict[str, Any] = {"by": "specimen", "specimens": int(np.unique(groups[~no_id]).size),
+                           "spectra_without_specimen": int(no_id.sum())}
+    if val_idx is not None:
+        out["validation_specimens"] = int(np.unique(groups[val_idx]).size)
+    return out
+
+
+def split_validation(labels: np.ndarray, fraction: float, rng: np.random.Generator,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation split that protects small classes.
 
     About ``fraction`` of all spectra go to validation, shared among classes in
     proportion to their size (largest remainders, ties broken at random); only
     classes with at least :data:`MIN_CLASS_FOR_VAL` spectra take part, and each
     keeps :data:`MIN_CLASS_FOR_TRAIN` for training.  Returns sorted index arrays.
+
+    With ``groups`` (a specimen per spectrum) whole specimens go to validation
+    (:func:`split_by_specimen`); without, the split is by spectrum.
     """
+    if groups is not None:
+        return split_by_specimen(labels, groups, fraction, rng)
     labels = np.asarray(labels)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     cap = np.where(counts >= MIN_CLASS_FOR_VAL, counts - MIN_CLASS_FOR_TRAIN, 0)
@@ -145,6 +187,59 @@ def split_validation(labels: np.ndarray, fraction: float, rng: np.random.Generat
             val.extend(rng.choice(members, size=quota[c], replace=False).tolist())
     val_idx = np.sort(np.asarray(val, dtype=int))
     train_idx = np.setdiff1d(np.arange(labels.size), val_idx)
+    return train_idx, val_idx
+
+
+def split_by_specimen(labels: np.ndarray, groups: np.ndarray, fraction: float,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation split with no specimen on both sides, stratified as far as specimens allow.
+
+    A class gives validation specimens only when it has at least two specimens and
+    :data:`MIN_CLASS_FOR_VAL` spectra, and it always keeps a specimen and
+    :data:`MIN_CLASS_FOR_TRAIN` spectra for training.  A specimen whose spectra carry
+    several labels stays in training.  Within those rules, specimens are added one at a
+    time, each the one that best fills its class's share of about ``fraction`` of all
+    spectra (shares in proportion to class size among the classes that can give, as in
+    the ungrouped split; ties broken at random), for as long as a specimen brings the
+    validation size closer to that target.  Returns sorted index arrays.
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups).astype(str)
+    if groups.shape != labels.shape:
+        raise ConfigError(f"specimen groups have shape {groups.shape}, labels {labels.shape}")
+    classes, y, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    units, g = np.unique(groups, return_inverse=True)
+    n_classes, n_units = classes.size, units.size
+    size = np.bincount(g, minlength=n_units)
+    pairs = np.unique(g.astype(np.int64) * n_classes + y)            # (specimen, class) present
+    pair_unit, pair_class = pairs // n_classes, pairs % n_classes
+    pure = np.bincount(pair_unit, minlength=n_units) == 1
+    unit_class = np.zeros(n_units, dtype=int)
+    unit_class[pair_unit] = pair_class                               # meaningful where pure
+    train_units = np.bincount(pair_class, minlength=n_classes)       # specimens per class
+    giving = (train_units >= 2) & (counts >= MIN_CLASS_FOR_VAL)
+    target = int(round(fraction * labels.size))
+    share = target * np.where(giving, counts, 0) / max(1, int(np.where(giving, counts, 0).sum()))
+    jitter = rng.random(n_units) * 1e-6
+    open_ = pure & giving[unit_class]
+    train_spectra = counts.copy()
+    given = np.zeros(n_classes)
+    taken = np.zeros(n_units, dtype=bool)
+    total = 0
+    while True:
+        c = unit_class
+        ok = (open_ & ~taken & (train_units[c] >= 2) & (train_spectra[c] - size >= MIN_CLASS_FOR_TRAIN)
+              & (np.abs(total + size - target) < abs(total - target)))
+        if not ok.any():
+            break
+        # The specimen that leaves its class closest to its share (a deficit filled, not overshot).
+        u = int(np.argmax(np.where(ok, share[c] - given[c] - size / 2 + jitter, -np.inf)))
+        taken[u] = True
+        total += int(size[u])
+        given[c[u]] += size[u]
+        train_spectra[c[u]] -= size[u]
+        train_units[c[u]] -= 1
+    val_idx = np.nonzero(taken[g])[0]
+    train_idx = np.nonzero(~taken[g])[0]
     return train_idx, val_idx
 
 
@@ -239,10 +334,12 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
     if validation_seed is not None:
         split_ss = np.random.SeedSequence(validation_seed).spawn(3)[0]
     y_all = np.searchsorted(np.asarray(classes), dataset.labels)
-    train_idx, val_idx = split_validation(dataset.labels, config.val_fraction, np.random.default_rng(split_ss))
+    groups = specimen_groups(dataset)
+    train_idx, val_idx = split_validation(dataset.labels, config.val_fraction, np.random.default_rng(split_ss),
+                                          groups=groups)
     if config.val_fraction > 0 and val_idx.size == 0:
-        log.warning("no class has %d or more spectra: training without validation or early stopping",
-                    MIN_CLASS_FOR_VAL)
+        log.warning("no class has %d or more spectra%s: training without validation or early stopping",
+                    MIN_CLASS_FOR_VAL, " and two specimens" if groups is not None else "")
     where = [f"{dataset.path or 'dataset'}: spectrum {i} ({lab})" for i, lab in enumerate(dataset.labels)]
     raw_train = dataset.spectra[train_idx].astype(np.float64)
     where_train = [where[i] for i in train_idx]
@@ -332,7 +429,8 @@ def train(dataset: Dataset, config: TrainConfig | None = None, *,
         model = ShiftAveragedNet(model, config.shift_average).eval()
 
     metrics: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(history),
-                               "train_spectra": int(train_idx.size), "val_spectra": int(val_idx.size)}
+                               "train_spectra": int(train_idx.size), "val_spectra": int(val_idx.size),
+                               "grouping": grouping_summary(groups, val_idx)}
     tr_loss, tr_acc, _ = _evaluate(model, torch.from_numpy(x_train_clean), y_train)
     metrics.update(train_loss=tr_loss, train_top1=tr_acc)
     if x_val is not None:
@@ -378,7 +476,11 @@ def crossfit_temperature(dataset: Dataset, config: TrainConfig, *,
 
     ``config.calibrate_folds`` = K models of ``config``'s recipe are trained, each on K-1
     stratified folds (scikit-learn ``StratifiedKFold``, shuffled with ``config.seed``), and
-    each scores the fold it did not see.  T is fitted on those out-of-fold logits: held-out
+    each scores the fold it did not see.  With specimen ids (:func:`specimen_groups`) the
+    folds are grouped by specimen (``StratifiedGroupKFold``): a spectrum is scored only by
+    a model that saw no spectrum of its specimen; the specimens of minerals with a single
+    specimen train in every fold (no fold could score them honestly) and are left out.
+    T is fitted on those out-of-fold logits: held-out
     evidence for a final model that trains on every spectrum.  A spectrum whose mineral is
     missing from its fold's training part (a mineral with a single spectrum) cannot be
     scored and is left out; a mineral a fold's model does not know gets a logit far below
@@ -387,28 +489,20 @@ def crossfit_temperature(dataset: Dataset, config: TrainConfig, *,
     Returns
     -------
     (float, dict)
-        T and :func:`trainer.temperature.calibrate`'s summary, plus ``split``, ``folds`` and
-        ``left_out`` (spectra that could not be scored).
+        T and :func:`trainer.temperature.calibrate`'s summary, plus ``split``, ``folds``,
+        ``left_out`` (spectra that could not be scored) and ``grouping`` (:func:`grouping_summary`).
     """
-    from sklearn.model_selection import StratifiedKFold
-
     k = config.calibrate_folds
     if k < 2:
         raise ConfigError(f"calibrate_folds must be >= 2 for cross-fitting, got {k}")
     pre = Preprocessor(preprocessing if preprocessing is not None else DEFAULT_SPEC)
     classes = dataset.classes
-    counts = np.unique(dataset.labels, return_counts=True)[1]
-    if counts.max() < k:
-        raise ConfigError(f"{dataset.path or 'dataset'}: {k}-fold cross-fitting needs a mineral with at least "
-                          f"{k} spectra (the largest has {counts.max()})")
+    groups = specimen_groups(dataset)
     sub = dataclasses.replace(config, calibrate=False, calibrate_folds=0)
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=config.seed % 2**32)
+    splits, left_out = (crossfit_folds(dataset, k, config.seed) if groups is None
+                        else grouped_crossfit_folds(dataset, groups, k, config.seed))
     rows: list[np.ndarray] = []
     ys: list[np.ndarray] = []
-    left_out = 0
-    with warnings.catch_warnings():  # minerals with fewer than k spectra: sklearn warns, the folds stay valid
-        warnings.simplefilter("ignore", UserWarning)
-        splits = list(folds.split(np.zeros(len(dataset.labels)), dataset.labels))
     for i, (tr, te) in enumerate(splits, 1):
         part = dataset.subset(tr)
         if len(part.classes) < 2:
@@ -431,9 +525,60 @@ def crossfit_temperature(dataset: Dataset, config: TrainConfig, *,
     if not rows:
         raise ConfigError(f"{dataset.path or 'dataset'}: no spectrum could be scored out of fold")
     temperature, calib = calibrate(np.concatenate(rows), np.concatenate(ys), objective=config.calibrate_objective)
-    calib.update(split=f"{k}-fold cross-fitting (out-of-fold logits of {k} models of the same recipe)",
-                 folds=k, left_out=left_out)
+    grouped = " grouped by specimen" if groups is not None else ""
+    calib.update(split=f"{k}-fold cross-fitting{grouped} (out-of-fold logits of {k} models of the same recipe)",
+                 folds=k, left_out=left_out, grouping=grouping_summary(groups))
     return temperature, calib
+
+
+def crossfit_folds(dataset: Dataset, k: int, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """Stratified ``k``-fold (train, scored) index pairs by spectrum, and how many spectra are left unscored (0)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.unique(dataset.labels, return_counts=True)[1]
+    if counts.max() < k:
+        raise ConfigError(f"{dataset.path or 'dataset'}: {k}-fold cross-fitting needs a mineral with at least "
+                          f"{k} spectra (the largest has {counts.max()})")
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
+    with warnings.catch_warnings():  # minerals with fewer than k spectra: sklearn warns, the folds stay valid
+        warnings.simplefilter("ignore", UserWarning)
+        return list(folds.split(np.zeros(len(dataset.labels)), dataset.labels)), 0
+
+
+def grouped_crossfit_folds(dataset: Dataset, groups: np.ndarray, k: int,
+                           seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """``k`` (train, scored) index pairs with no specimen on both sides (``StratifiedGroupKFold``).
+
+    Specimens holding a mineral that has no other specimen train in every fold and are
+    never scored; their spectra are the second value returned.
+
+    Raises
+    ------
+    ConfigError
+        Fewer than ``k`` specimens of minerals with two or more.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = dataset.labels
+    _, y = np.unique(labels, return_inverse=True)
+    units, g = np.unique(groups, return_inverse=True)
+    pairs = np.unique(g.astype(np.int64) * (y.max() + 1) + y)
+    pair_unit, pair_class = pairs // (y.max() + 1), pairs % (y.max() + 1)
+    lone_class = np.bincount(pair_class) < 2
+    # A specimen goes wholly to training when any of its minerals has no other specimen.
+    lone_unit = np.zeros(units.size, dtype=bool)
+    lone_unit[pair_unit[lone_class[pair_class]]] = True
+    always = np.nonzero(lone_unit[g])[0]
+    eligible = np.nonzero(~lone_unit[g])[0]
+    n_units = np.unique(g[eligible]).size
+    if n_units < k:
+        raise ConfigError(f"{dataset.path or 'dataset'}: {k}-fold cross-fitting grouped by specimen needs at least "
+                          f"{k} specimens of minerals with two or more; found {n_units}")
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
+    with warnings.catch_warnings():  # minerals with fewer than k specimens: sklearn warns, the folds stay valid
+        warnings.simplefilter("ignore", UserWarning)
+        parts = list(folds.split(np.zeros(eligible.size), labels[eligible], g[eligible]))
+    return [(np.sort(np.concatenate([eligible[tr], always])), eligible[te]) for tr, te in parts], int(always.size)
 
 
 def preprocess_dataset(dataset: Dataset, preprocessing: dict[str, Any] | None = None) -> np.ndarray:
@@ -444,4 +589,5 @@ def preprocess_dataset(dataset: Dataset, preprocessing: dict[str, Any] | None = 
 
 
 __all__ = ["TrainConfig", "TrainResult", "EpochLog", "train", "fit_temperature", "crossfit_temperature",
+           "crossfit_folds", "grouped_crossfit_folds", "specimen_groups", "grouping_summary", "split_by_specimen",
            "split_validation", "class_weights", "predict_logits", "topk_accuracy", "configure_torch", "preprocess_dataset"]
