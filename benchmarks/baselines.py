@@ -42,6 +42,7 @@ import json
 import logging
 import time
 import warnings
+from pathlib import Path
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator
 
@@ -601,7 +602,7 @@ def split_model_list(items: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-def write_result(out: "Path | None", doc: dict[str, Any], *, default: "Path", quick: bool = False) -> "Path | None":
+def write_result(out: Path | None, doc: dict[str, Any], *, default: Path, quick: bool = False) -> Path | None:
     """Write a benchmark's JSON document (folders made) and say where, with its run time.
 
     To ``out`` when given; otherwise to ``default``, except for a ``quick`` smoke run, which

@@ -59,7 +59,7 @@ from calibration.axis import to_shift_axis  # noqa: E402
 from calibration.errors import RamanEdgeError  # noqa: E402
 from calibration.readers import read  # noqa: E402
 from edge.bench import auroc  # noqa: E402
-from edge.bundle import default_model_path, load_bundle  # noqa: E402
+from edge.bundle import default_model_path  # noqa: E402
 from edge.head import extract_features, load_support, read_linear_head  # noqa: E402
 from edge.novelty import add_novelty, load_novelty  # noqa: E402
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.preprocess import DEFAULT_SPEC, Preprocessor
 from edge.bundle import load_bundle
 from edge.classifier import Classifier, Prediction
 from edge.head import add_head, add_support, load_support
 from edge.novelty import NOVELTY_FILE, NOVELTY_PART, Novelty, add_novelty, fit_novelty, load_novelty
 from edge.priority import NOVEL, PriorityPolicy
-from tests.conftest import BANDS, lorentz, make_npz, make_test_bundle, shared_data, synth
+from tests.conftest import lorentz, make_npz, make_test_bundle, shared_data, synth
 
 SHIPPED = Path(__file__).resolve().parents[1] / "edge" / "models" / "default"
 #: Bands of no mineral in BANDS (an unlisted mineral for the template bundle).
