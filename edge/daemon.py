@@ -216,13 +216,18 @@ class HotSwap:
             if self.watcher.refusal:
                 self._report(self.watcher.refusal)
 
-    def _refuse(self, found: Any, error: RamanEdgeError) -> None:
-        entry = found[0] if isinstance(found, tuple) else None
-        switch_id = found[2] if isinstance(found, tuple) and len(found) > 2 else None
-        import datetime as dt  # local: this class is the module's only user
+    @staticmethod
+    def _swap_ids(found: Any) -> tuple[str | None, str | None]:
+        """``(entry, switch_id)`` of what ``poll`` returned: a registry swap, or a bare bundle (no ids)."""
+        if not isinstance(found, tuple):
+            return None, None
+        return found[0], (found[2] if len(found) > 2 else None)
 
-        refusal = {"entry": entry, "model_id": None, "switch_id": switch_id, "reason": str(error),
-                   "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")}
+    def _refuse(self, found: Any, error: RamanEdgeError) -> None:
+        from .registry import refusal_record  # lazy: the registry brings signing (cryptography) in
+
+        entry, switch_id = self._swap_ids(found)
+        refusal = refusal_record(str(error), entry=entry, switch_id=switch_id)
         with self._lock:
             self._refusal = refusal
         self._report(refusal)
@@ -244,10 +249,8 @@ class HotSwap:
             except Exception:  # a bug here must not take the daemon down; the old model runs on
                 log.exception("model watcher failed")
                 continue
-            entry = found[0] if isinstance(found, tuple) else None
-            switch_id = found[2] if isinstance(found, tuple) and len(found) > 2 else None
             with self._lock:
-                self._ready, self._pending, self._refusal = pipeline, (entry, switch_id), None
+                self._ready, self._pending, self._refusal = pipeline, self._swap_ids(found), None
 
     def take(self) -> Pipeline | None:
         """The verified new pipeline, once; None when there is none."""

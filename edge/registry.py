@@ -79,6 +79,19 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
+def refusal_record(reason: str, ptr: ActivePointer | None = None, *, entry: str | None = None,
+                   switch_id: str | None = None) -> dict[str, Any]:
+    """What ``status`` shows and the ``model_refused`` event carries: which model, why, and when.
+
+    ``ptr`` fills the entry, model id and switch id; without one, ``entry`` and
+    ``switch_id`` may be given (a swap refused after the pointer was read).
+    """
+    if ptr is not None:
+        entry, switch_id = ptr.entry, ptr.switch_id
+    return {"entry": entry, "model_id": ptr.model_id if ptr else None, "switch_id": switch_id,
+            "reason": reason, "at": _utc_now()}
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -608,8 +621,7 @@ class ModelWatcher:
 
     def _refuse(self, ptr: ActivePointer | None, reason: str) -> None:
         self.refused += 1
-        self.refusal = {"entry": ptr.entry if ptr else None, "model_id": ptr.model_id if ptr else None,
-                        "switch_id": ptr.switch_id if ptr else None, "reason": reason, "at": _utc_now()}
+        self.refusal = refusal_record(reason, ptr)
         self._settled = ptr
         self._refused_stamp = self._stamp()
         what = f"model {ptr.entry}" if ptr else "the active-model pointer"

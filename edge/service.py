@@ -4,7 +4,6 @@ socket and the registry's hot swap.  `raman-edge run` is a thin shell around it.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from .health import Events, Watchdog
 from .interest import check_interest, warn_unknown_interest
 from .pipeline import Pipeline, Result
 from .priority import PriorityPolicy
-from .registry import ActivePointer, ModelWatcher, PointerError, Registry
+from .registry import ActivePointer, ModelWatcher, PointerError, Registry, refusal_record
 from .signing import SignatureInfo, check_trust, load_trusted_bundle
 from .status import StatusServer
 from .store import ResultLog
@@ -55,12 +54,6 @@ class StartModel:
     refusal: dict[str, Any] | None = None   # why the active model was refused at start
 
 
-def _refusal(ptr: ActivePointer | None, reason: str) -> dict[str, Any]:
-    return {"entry": ptr.entry if ptr else None, "model_id": ptr.model_id if ptr else None,
-            "switch_id": ptr.switch_id if ptr else None, "reason": reason,
-            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")}
-
-
 def _active_pointer(registry: Registry) -> tuple[ActivePointer | None, dict[str, Any] | None]:
     """The active pointer; when ``active.json`` is damaged, the last good one and the refusal to report."""
     try:
@@ -68,7 +61,7 @@ def _active_pointer(registry: Registry) -> tuple[ActivePointer | None, dict[str,
     except PointerError as e:
         last = registry.last_good()
         log.error("%s; %s", e, f"trying the last good pointer ({last.entry})" if last else "no last good pointer")
-        return last, _refusal(None, str(e))
+        return last, refusal_record(str(e))
 
 
 def load_model(cfg: Config, registry: Registry) -> StartModel:
@@ -104,7 +97,7 @@ def load_model(cfg: Config, registry: Registry) -> StartModel:
             return StartModel(bundle, check_trust(bundle.path, keys, allow), ptr.entry, settled=active,
                               refusal=refusal)
         except BundleError as e:
-            refusal = refusal or _refusal(active if ptr is active else None, str(e))
+            refusal = refusal or refusal_record(str(e), active if ptr is active else None)
             log.error("model %s refused (%s); trying %s", ptr.entry, e,
                       "the last good one" if ptr is not candidates[-1] else "the shipped default")
     bundle, info = load_trusted_bundle(default_model_path(), keys, allow)
@@ -116,21 +109,18 @@ def load_model(cfg: Config, registry: Registry) -> StartModel:
 
 
 def _interest_origin(cfg: Config) -> str:
-    origin = cfg.origin("priority.interest") if hasattr(cfg, "origin") else "command line"
+    origin = cfg.origin("priority.interest")
     if origin in ("command line", "default"):
         return "--interest"
     return f"{origin}: [priority] interest"
 
 
-def _log_event_hook(daemon: Daemon) -> Callable[[str, dict[str, Any]], None] | None:
-    """Where the hot swap's refusals go besides the event counter: the results database, when it can take events."""
-    log_event = getattr(daemon, "log_event", None)
-    if not callable(log_event):
-        return None
+def _log_event_hook(daemon: Daemon) -> Callable[[str, dict[str, Any]], None]:
+    """Where the hot swap's refusals go besides the event counter: the results database's events table."""
 
     def hook(kind: str, details: dict[str, Any]) -> None:
         what = details.get("entry") or "active.json"
-        log_event(kind, f"{what}: {details.get('reason')}", details)
+        daemon.log_event(kind, f"{what}: {details.get('reason')}", details)
 
     return hook
 
